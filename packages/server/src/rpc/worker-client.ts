@@ -1,0 +1,85 @@
+import type { ExecEvent, ExecOutcome, ExecSpec } from '../domain/exec.js';
+import type { FileEntry } from '../domain/files.js';
+import type { LeaseToken } from '../domain/lease.js';
+import type {
+  CallOptions,
+  FileSource,
+  ProviderHealth,
+  ProviderStats,
+  ReadFileResult,
+  RuntimeStatus,
+} from '../providers/provider.js';
+
+/** Which runtime an operation addresses, and the lease it acts under. */
+export interface RuntimeRef {
+  sandboxId: string;
+  provider: string;
+  runtimeId: string;
+  /** Fencing token: a worker refuses a generation older than one it has seen. */
+  lease?: LeaseToken;
+}
+
+export interface WorkerSpawnRequest {
+  sandboxId: string;
+  provider: string;
+  image: string;
+  memoryMb: number;
+  vcpus: number;
+  ownerId: string;
+  metadata: Record<string, string>;
+  ports: number[];
+  lease?: LeaseToken;
+}
+
+export interface WorkerSpawnResult {
+  provider: string;
+  runtimeId: string;
+}
+
+export interface ProviderInfo {
+  name: string;
+  healthy: boolean;
+  isDefault: boolean;
+  latencyMs: number;
+  lastCheckedMs: number;
+  error?: string;
+  capabilities: string[];
+  config: Record<string, unknown>;
+}
+
+/**
+ * How the control plane reaches a worker. The in-process client calls the
+ * local runtime; the HTTP client (remote workers) speaks worker RPC. The
+ * orchestrator cannot tell them apart.
+ */
+export interface WorkerClient {
+  readonly workerId: string;
+  providers(opts?: CallOptions): Promise<ProviderInfo[]>;
+  providerHealth(name: string, opts?: CallOptions): Promise<ProviderHealth>;
+  spawn(req: WorkerSpawnRequest, opts?: CallOptions): Promise<WorkerSpawnResult>;
+  status(ref: RuntimeRef, opts?: CallOptions): Promise<RuntimeStatus>;
+  destroy(ref: RuntimeRef, opts?: CallOptions): Promise<void>;
+  logs(ref: RuntimeRef, lines: number, opts?: CallOptions): Promise<string[]>;
+  stats(ref: RuntimeRef, opts?: CallOptions): Promise<ProviderStats | undefined>;
+  exec(ref: RuntimeRef, spec: ExecSpec, opts?: CallOptions): Promise<ExecOutcome>;
+  execStream(ref: RuntimeRef, spec: ExecSpec, opts?: CallOptions): AsyncIterable<ExecEvent>;
+  writeFile(
+    ref: RuntimeRef,
+    path: string,
+    data: FileSource,
+    mode: number,
+    opts?: CallOptions,
+  ): Promise<void>;
+  readFile(ref: RuntimeRef, path: string, opts?: CallOptions): Promise<ReadFileResult>;
+  listFiles(ref: RuntimeRef, path: string, opts?: CallOptions): Promise<FileEntry[]>;
+  statFile(ref: RuntimeRef, path: string, opts?: CallOptions): Promise<FileEntry>;
+  deleteFile(ref: RuntimeRef, path: string, recursive: boolean, opts?: CallOptions): Promise<void>;
+  moveFile(ref: RuntimeRef, from: string, to: string, opts?: CallOptions): Promise<void>;
+  chmodFile(ref: RuntimeRef, path: string, mode: number, opts?: CallOptions): Promise<void>;
+  globFiles(ref: RuntimeRef, pattern: string, opts?: CallOptions): Promise<string[]>;
+}
+
+/** Finds the client for a worker id. */
+export interface WorkerDirectory {
+  client(workerId: string): WorkerClient | undefined;
+}

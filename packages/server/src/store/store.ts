@@ -1,0 +1,163 @@
+import type { Lease, LeaseToken } from '../domain/lease.js';
+import type { SandboxRecord, SandboxState } from '../domain/sandbox.js';
+import type { WorkerRecord } from '../domain/worker.js';
+
+export interface SandboxListFilter {
+  /** Include `destroyed` rows (default false). */
+  includeDestroyed?: boolean;
+  workerId?: string;
+  ownerId?: string;
+  tenantId?: string;
+  states?: SandboxState[];
+  /** Only rows whose expiry is before this time. */
+  expiresBeforeMs?: number;
+  limit?: number;
+}
+
+/** Fields a transition may change along with the state. */
+export interface SandboxPatch {
+  expiresAtMs?: number;
+  vmId?: string;
+  workerId?: string;
+  provider?: string;
+}
+
+export interface SandboxStore {
+  /** Inserts a new record; CONFLICT if the id exists. */
+  insert(rec: SandboxRecord): Promise<void>;
+  /** The record, including destroyed ones; undefined when unknown. */
+  get(id: string): Promise<SandboxRecord | undefined>;
+  /** Newest first. */
+  list(filter?: SandboxListFilter): Promise<SandboxRecord[]>;
+  count(filter?: SandboxListFilter): Promise<number>;
+  /**
+   * Compare-and-set: moves the record to `to` only if its state is one of
+   * `from`. Returns the updated record, or undefined when the state did not
+   * match (or the record is unknown).
+   */
+  transition(
+    id: string,
+    from: readonly SandboxState[],
+    to: SandboxState,
+    patch?: SandboxPatch,
+    nowMs?: number,
+  ): Promise<SandboxRecord | undefined>;
+  /** Updates fields of a record that is in one of `states`; returns it or undefined. */
+  update(
+    id: string,
+    states: readonly SandboxState[],
+    patch: SandboxPatch,
+    nowMs?: number,
+  ): Promise<SandboxRecord | undefined>;
+}
+
+export interface WorkerHeartbeat {
+  id: string;
+  hostname: string;
+  status: string;
+  providers: string[];
+  capabilities: string[];
+  capacity: Record<string, unknown>;
+}
+
+export interface WorkerStore {
+  /** Inserts or updates by id; `createdAtMs` is kept on update. */
+  upsertHeartbeat(hb: WorkerHeartbeat, nowMs: number): Promise<WorkerRecord>;
+  get(id: string): Promise<WorkerRecord | undefined>;
+  /** Ordered by id. */
+  list(): Promise<WorkerRecord[]>;
+  /** True when a row was deleted. */
+  delete(id: string): Promise<boolean>;
+  /** Sets the status of a worker; true when the row existed. */
+  setStatus(id: string, status: string, nowMs: number): Promise<boolean>;
+}
+
+export interface AcquireLeaseOptions {
+  resourceId: string;
+  resourceType: string;
+  holderId: string;
+  ttlMs: number;
+  nowMs: number;
+}
+
+export interface LeaseStore {
+  /**
+   * Takes the lease when it is free, expired or already held by `holderId`;
+   * the generation grows on every successful acquisition. CONFLICT when another
+   * holder has it unexpired.
+   */
+  acquire(opts: AcquireLeaseOptions): Promise<Lease>;
+  /** Extends a lease; CONFLICT when the token is stale, foreign or expired. */
+  renew(token: LeaseToken, ttlMs: number, nowMs: number): Promise<Lease>;
+  /** Frees a lease; false when the token no longer matches (nothing changed). */
+  release(token: LeaseToken, nowMs: number): Promise<boolean>;
+  get(resourceId: string): Promise<Lease | undefined>;
+  list(): Promise<Lease[]>;
+}
+
+export interface ExecLogEntry {
+  id?: number;
+  sandboxId: string;
+  command: string;
+  args: string[];
+  mode: string;
+  exitCode: number;
+  /** Output is kept up to a bound; `truncated` says when it was cut. */
+  stdout: string;
+  stderr: string;
+  truncated: boolean;
+  durationMs: number;
+  timedOut: boolean;
+  streamed: boolean;
+  createdAtMs: number;
+}
+
+export interface ExecLogStore {
+  append(entry: ExecLogEntry): Promise<number>;
+  /** Newest first. */
+  list(sandboxId: string, limit: number): Promise<ExecLogEntry[]>;
+}
+
+export interface AuditEntry {
+  id?: number;
+  actor: string;
+  action: string;
+  sandboxId: string;
+  resource: string;
+  status: 'success' | 'failure';
+  detail: string;
+  requestId: string;
+  createdAtMs: number;
+}
+
+export interface AuditFilter {
+  sandboxId?: string;
+  action?: string;
+  limit?: number;
+}
+
+export interface AuditStore {
+  append(entry: AuditEntry): Promise<number>;
+  /** Newest first. */
+  list(filter?: AuditFilter): Promise<AuditEntry[]>;
+}
+
+/**
+ * The control plane's durable state. Implementations: SQLite (embedded
+ * default) and, later, Postgres; both pass the same store contract suite.
+ */
+export interface Store {
+  readonly dialect: 'sqlite' | 'postgres';
+  readonly sandboxes: SandboxStore;
+  readonly workers: WorkerStore;
+  readonly leases: LeaseStore;
+  readonly execLogs: ExecLogStore;
+  readonly audit: AuditStore;
+  /** Applies pending migrations; returns the versions applied. */
+  migrate(): Promise<number[]>;
+  /** Current schema version. */
+  schemaVersion(): Promise<number>;
+  /** Round-trip check for readiness. */
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}
