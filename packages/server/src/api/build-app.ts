@@ -1,0 +1,122 @@
+import { randomUUID } from 'node:crypto';
+import cors from '@fastify/cors';
+import swagger from '@fastify/swagger';
+import websocket from '@fastify/websocket';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import Fastify from 'fastify';
+import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
+import type { EventBus } from '../orchestrator/events.js';
+import type { Metrics } from '../orchestrator/metrics.js';
+import type { SandboxService } from '../orchestrator/sandbox-service.js';
+import type { SystemService } from '../orchestrator/system-service.js';
+import type { WorkerService } from '../orchestrator/worker-service.js';
+import type { AuthOptions } from './plugins/auth.js';
+import { registerAuth } from './plugins/auth.js';
+import { registerErrorHandling } from './plugins/errors.js';
+import { execRoutes } from './routes/exec.js';
+import { fileRoutes } from './routes/files.js';
+import { sandboxRoutes } from './routes/sandboxes.js';
+import { systemRoutes } from './routes/system.js';
+import { ErrorBodySchema } from './schemas/common.js';
+
+export interface AppDeps {
+  sandboxes: SandboxService;
+  workers: WorkerService;
+  system: SystemService;
+  events: EventBus;
+  metrics: Metrics;
+  auth: AuthOptions;
+  /** A pino logger, or false for none (tests). */
+  logger: FastifyBaseLogger | false;
+  previewDomain: string;
+  corsAllowedOrigins: string[];
+  maxBodyBytes: number;
+  sseKeepaliveMs: number;
+}
+
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+/** Builds the HTTP app. Never listens: the composition root or a test does. */
+export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
+  const app = Fastify({
+    ...(deps.logger === false ? { logger: false } : { loggerInstance: deps.logger }),
+    bodyLimit: deps.maxBodyBytes,
+    genReqId: (req) => {
+      const given = req.headers['x-request-id'];
+      return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
+    },
+    return503OnClosing: true,
+    forceCloseConnections: 'idle',
+    ajv: { customOptions: { coerceTypes: false, allErrors: true, removeAdditional: false } },
+  }).withTypeProvider<TypeBoxTypeProvider>();
+
+  app.addHook('onRequest', async (req, reply) => {
+    void reply.header('x-request-id', req.id);
+  });
+  app.addHook('onResponse', async (req, reply) => {
+    deps.metrics.countHttp(req.method, req.routeOptions.url ?? 'unmatched', reply.statusCode);
+  });
+
+  registerErrorHandling(app);
+  app.addSchema(ErrorBodySchema);
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.0.3',
+      info: {
+        title: 'StacyVM API',
+        version: deps.system.version,
+        description: 'Self-hosted sandboxes: spawn, exec, files, previews. Errors are {"code","message","request_id"}.',
+      },
+      components: {
+        securitySchemes: {
+          apiKey: { type: 'apiKey', in: 'header', name: 'X-API-Key' },
+          adminApiKey: { type: 'apiKey', in: 'header', name: 'X-Admin-API-Key' },
+        },
+      },
+      security: [{ apiKey: [] }],
+    },
+  });
+
+  const allowAll = deps.corsAllowedOrigins.length === 0 || deps.corsAllowedOrigins.includes('*');
+  await app.register(cors, {
+    origin: allowAll ? '*' : deps.corsAllowedOrigins,
+    methods: ['GET', 'POST', 'PUT', 'DELETE', 'OPTIONS'],
+    allowedHeaders: [
+      'Content-Type',
+      'X-API-Key',
+      'X-Admin-API-Key',
+      'X-Request-ID',
+      'X-User-ID',
+      'X-Tenant-ID',
+      'Authorization',
+      'Last-Event-ID',
+    ],
+    exposedHeaders: ['X-Request-ID'],
+    // Preflights are answered before auth: browsers never send keys on them.
+    hook: 'onRequest',
+  });
+  registerAuth(app, deps.auth);
+  await app.register(websocket, { options: { maxPayload: 1024 * 1024 } });
+
+  await app.register(
+    async (api) => {
+      await api.register(systemRoutes, {
+        system: deps.system,
+        workers: deps.workers,
+        events: deps.events,
+        sseKeepaliveMs: deps.sseKeepaliveMs,
+      });
+      await api.register(sandboxRoutes, { sandboxes: deps.sandboxes, previewDomain: deps.previewDomain });
+      await api.register(execRoutes, { sandboxes: deps.sandboxes });
+      await api.register(fileRoutes, { sandboxes: deps.sandboxes });
+      api.get(
+        '/openapi.json',
+        { config: { access: 'public' }, schema: { hide: true } },
+        async () => app.swagger(),
+      );
+    },
+    { prefix: '/api/v1' },
+  );
+  return app;
+}

@@ -1,0 +1,138 @@
+import { Type } from '@sinclair/typebox';
+import type { Static } from '@sinclair/typebox';
+
+export const ErrorBodySchema = Type.Object(
+  {
+    code: Type.String({ description: 'Upper-case error code from the catalog, e.g. NOT_FOUND.' }),
+    message: Type.String(),
+    request_id: Type.Optional(Type.String()),
+    details: Type.Optional(
+      Type.Array(Type.Object({ field: Type.String(), problem: Type.String() })),
+    ),
+  },
+  { $id: 'ErrorBody', description: 'Every error response has this shape.' },
+);
+
+export const StatusBodySchema = Type.Object({ status: Type.String() });
+
+export const SandboxIdParams = Type.Object({ id: Type.String({ description: 'Sandbox id, sb- and 8 hex digits.' }) });
+
+export const DurationString = (description: string) =>
+  Type.String({ description: `${description} Go duration syntax: 30s, 5m, 1h30m.` });
+
+export const SandboxSchema = Type.Object(
+  {
+    id: Type.String(),
+    state: Type.String({ description: 'creating, running, unhealthy, expired, error, destroying, destroyed' }),
+    provider: Type.String(),
+    image: Type.String(),
+    memory_mb: Type.Integer(),
+    vcpus: Type.Integer(),
+    owner_id: Type.Optional(Type.String()),
+    tenant_id: Type.Optional(Type.String()),
+    vm_id: Type.Optional(Type.String()),
+    worker_id: Type.String(),
+    created_at: Type.String({ format: 'date-time' }),
+    updated_at: Type.String({ format: 'date-time' }),
+    expires_at: Type.String({ format: 'date-time' }),
+    metadata: Type.Optional(Type.Record(Type.String(), Type.String())),
+    ports: Type.Array(Type.Integer()),
+    preview_domain: Type.String(),
+  },
+  { $id: 'Sandbox' },
+);
+export type SandboxWire = Static<typeof SandboxSchema>;
+
+export const SpawnBodySchema = Type.Object(
+  {
+    image: Type.Optional(Type.String({ maxLength: 512 })),
+    provider: Type.Optional(Type.String({ maxLength: 64 })),
+    memory_mb: Type.Optional(Type.Integer({ minimum: 16, maximum: 1048576 })),
+    vcpus: Type.Optional(Type.Integer({ minimum: 1, maximum: 256 })),
+    ttl: Type.Optional(DurationString('Lifetime; default defaults.ttl, at most defaults.max_ttl.')),
+    template: Type.Optional(Type.String()),
+    owner_id: Type.Optional(Type.String({ maxLength: 128 })),
+    tenant_id: Type.Optional(Type.String()),
+    metadata: Type.Optional(Type.Record(Type.String({ maxLength: 128 }), Type.String({ maxLength: 4096 }))),
+    ports: Type.Optional(
+      Type.Array(Type.Integer({ minimum: 1, maximum: 65535 }), {
+        maxItems: 64,
+        description: 'Ports inside the sandbox that previews may reach (default [3000]).',
+      }),
+    ),
+  },
+  { additionalProperties: true },
+);
+export type SpawnBody = Static<typeof SpawnBodySchema>;
+
+export const ExtendBodySchema = Type.Object({ ttl: Type.Optional(DurationString('New lifetime from now.')) });
+
+export const ExecBodySchema = Type.Object({
+  command: Type.String({ description: 'Shell script (shell mode) or program (argv mode).' }),
+  args: Type.Optional(Type.Array(Type.String())),
+  mode: Type.Optional(Type.String({ description: '"shell" (default) or "argv".' })),
+  env: Type.Optional(Type.Record(Type.String(), Type.String())),
+  workdir: Type.Optional(Type.String()),
+  timeout: Type.Optional(DurationString('Deadline; the process is killed when it passes.')),
+  stream: Type.Optional(Type.Boolean({ description: 'Stream NDJSON chunks instead of one JSON result.' })),
+});
+export type ExecBody = Static<typeof ExecBodySchema>;
+
+export const ExecResultSchema = Type.Object({
+  exit_code: Type.Integer(),
+  stdout: Type.String(),
+  stderr: Type.String(),
+  duration: Type.String(),
+});
+
+export const FileInfoSchema = Type.Object(
+  {
+    path: Type.String(),
+    name: Type.String(),
+    size: Type.Integer(),
+    mode: Type.String(),
+    is_dir: Type.Boolean(),
+    mod_time: Type.String(),
+  },
+  { $id: 'FileInfo' },
+);
+
+export const WriteFileBodySchema = Type.Object({
+  path: Type.String(),
+  content: Type.String({ description: 'Text, or base64 when encoding is "base64".' }),
+  encoding: Type.Optional(Type.Union([Type.Literal('utf8'), Type.Literal('utf-8'), Type.Literal('base64')])),
+  mode: Type.Optional(Type.Union([Type.String(), Type.Integer()])),
+});
+export type WriteFileBody = Static<typeof WriteFileBodySchema>;
+
+export const MoveBodySchema = Type.Object({ old_path: Type.String(), new_path: Type.String() });
+export const ChmodBodySchema = Type.Object({
+  path: Type.String(),
+  mode: Type.Union([Type.String(), Type.Integer()]),
+});
+
+export const WorkerSchema = Type.Object(
+  {
+    id: Type.String(),
+    hostname: Type.String(),
+    status: Type.String(),
+    providers: Type.Array(Type.String()),
+    capabilities: Type.Array(Type.String()),
+    capacity: Type.Record(Type.String(), Type.Unknown()),
+    last_heartbeat: Type.String(),
+    created_at: Type.String(),
+    updated_at: Type.String(),
+    stale: Type.Boolean(),
+  },
+  { $id: 'Worker' },
+);
+
+export const ProviderInfoSchema = Type.Object({
+  name: Type.String(),
+  healthy: Type.Boolean(),
+  default: Type.Boolean(),
+  latency_ms: Type.Number(),
+  last_checked: Type.String(),
+  error: Type.Optional(Type.String()),
+  capabilities: Type.Array(Type.String()),
+});

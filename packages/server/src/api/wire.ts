@@ -1,0 +1,90 @@
+import { formatDurationMs } from '../domain/duration.js';
+import type { FileEntry } from '../domain/files.js';
+import type { SandboxRecord } from '../domain/sandbox.js';
+import type { WorkerRecord } from '../domain/worker.js';
+import type { ProviderInfo } from '../rpc/worker-client.js';
+import type { ExecLogEntry } from '../orchestrator/sandbox-service.js';
+import type { Static } from '@sinclair/typebox';
+import type { FileInfoSchema, SandboxWire, WorkerSchema } from './schemas/common.js';
+
+const iso = (ms: number): string => new Date(ms).toISOString();
+/** RFC 3339 to the second, as the reference emits for files and workers. */
+const isoSeconds = (ms: number): string => new Date(Math.floor(ms / 1000) * 1000).toISOString().replace('.000Z', 'Z');
+
+export function sandboxToWire(s: SandboxRecord, previewDomain: string): SandboxWire {
+  const out: SandboxWire = {
+    id: s.id,
+    state: s.state,
+    provider: s.provider,
+    image: s.image,
+    memory_mb: s.memoryMb,
+    vcpus: s.vcpus,
+    worker_id: s.workerId,
+    created_at: iso(s.createdAtMs),
+    updated_at: iso(s.updatedAtMs),
+    expires_at: iso(s.expiresAtMs),
+    ports: s.ports,
+    preview_domain: previewDomain,
+  };
+  if (s.ownerId !== '') out.owner_id = s.ownerId;
+  if (s.tenantId !== '') out.tenant_id = s.tenantId;
+  if (s.vmId !== '' && s.vmId !== s.id) out.vm_id = s.vmId;
+  if (Object.keys(s.metadata).length > 0) out.metadata = s.metadata;
+  return out;
+}
+
+export function fileToWire(f: FileEntry): Static<typeof FileInfoSchema> {
+  return {
+    path: f.path,
+    name: f.name,
+    size: f.size,
+    mode: f.mode,
+    is_dir: f.isDir,
+    mod_time: isoSeconds(f.modTimeMs),
+  };
+}
+
+export function workerToWire(w: WorkerRecord, stale: boolean): Static<typeof WorkerSchema> {
+  return {
+    id: w.id,
+    hostname: w.hostname,
+    status: w.status,
+    providers: w.providers,
+    capabilities: w.capabilities,
+    capacity: w.capacity,
+    last_heartbeat: isoSeconds(w.lastHeartbeatMs),
+    created_at: isoSeconds(w.createdAtMs),
+    updated_at: isoSeconds(w.updatedAtMs),
+    stale,
+  };
+}
+
+export function providerToWire(p: ProviderInfo): Record<string, unknown> {
+  const out: Record<string, unknown> = {
+    name: p.name,
+    healthy: p.healthy,
+    default: p.isDefault,
+    latency_ms: Math.round(p.latencyMs * 1000) / 1000,
+    last_checked: isoSeconds(p.lastCheckedMs),
+    capabilities: p.capabilities,
+  };
+  if (p.error !== undefined) out['error'] = p.error;
+  return out;
+}
+
+export function execLogToWire(e: ExecLogEntry): Record<string, unknown> {
+  return {
+    id: e.id,
+    command: e.command,
+    args: e.args,
+    mode: e.mode,
+    exit_code: e.exitCode,
+    stdout: e.stdout,
+    stderr: e.stderr,
+    truncated: e.truncated,
+    duration: formatDurationMs(e.durationMs),
+    timed_out: e.timedOut,
+    streamed: e.streamed,
+    created_at: iso(e.createdAtMs),
+  };
+}

@@ -1,0 +1,103 @@
+import type { Clock } from '../domain/clock.js';
+
+/** Lifecycle event types published on the bus (reference §1.11 plus our additions). */
+export type EventType =
+  | 'sandbox.created'
+  | 'sandbox.running'
+  | 'sandbox.destroyed'
+  | 'sandbox.expired'
+  | 'sandbox.error'
+  | 'sandbox.extended'
+  | 'sandbox.state_changed'
+  | 'exec.started'
+  | 'exec.completed'
+  | 'exec.failed'
+  | 'exec.timeout'
+  | 'file.written'
+  | 'file.read'
+  | 'file.deleted'
+  | 'file.moved'
+  | 'operation.failed'
+  | 'worker.registered'
+  | 'worker.removed';
+
+/** Wire shape of an event (SSE `data:` payload). */
+export interface StacyEvent {
+  id: string;
+  type: EventType;
+  sandbox_id?: string;
+  timestamp: string;
+  data?: Record<string, unknown>;
+}
+
+export type EventListener = (event: StacyEvent) => void;
+
+export interface EventBusOptions {
+  clock: Clock;
+  /** Events kept for `Last-Event-ID` replay. */
+  historySize?: number;
+}
+
+/**
+ * In-process pub/sub with a bounded history so a reconnecting SSE client can
+ * resume from `Last-Event-ID` instead of silently missing events.
+ */
+export class EventBus {
+  private readonly listeners = new Set<EventListener>();
+  private readonly history: StacyEvent[] = [];
+  private readonly historySize: number;
+  private seq = 0;
+  private published = 0;
+
+  constructor(private readonly options: EventBusOptions) {
+    this.historySize = options.historySize ?? 1000;
+  }
+
+  publish(type: EventType, sandboxId?: string, data?: Record<string, unknown>): StacyEvent {
+    this.seq += 1;
+    this.published += 1;
+    const event: StacyEvent = {
+      id: `evt-${this.seq}`,
+      type,
+      timestamp: new Date(this.options.clock.nowMs()).toISOString(),
+    };
+    if (sandboxId !== undefined) event.sandbox_id = sandboxId;
+    if (data !== undefined) event.data = data;
+    this.history.push(event);
+    if (this.history.length > this.historySize) this.history.shift();
+    for (const listener of this.listeners) {
+      try {
+        listener(event);
+      } catch {
+        // A failing subscriber must not break publishers or other subscribers.
+      }
+    }
+    return event;
+  }
+
+  subscribe(listener: EventListener): () => void {
+    this.listeners.add(listener);
+    return () => {
+      this.listeners.delete(listener);
+    };
+  }
+
+  /** Events after `lastEventId` still in history (all of history when the id is unknown). */
+  since(lastEventId: string): StacyEvent[] {
+    const n = Number(/^evt-(\d+)$/.exec(lastEventId)?.[1] ?? NaN);
+    if (!Number.isFinite(n)) return [];
+    return this.history.filter((e) => Number(e.id.slice(4)) > n);
+  }
+
+  get subscriberCount(): number {
+    return this.listeners.size;
+  }
+
+  get publishedTotal(): number {
+    return this.published;
+  }
+
+  get historyLength(): number {
+    return this.history.length;
+  }
+}

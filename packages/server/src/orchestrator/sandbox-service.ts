@@ -1,0 +1,758 @@
+import type { Clock } from '../domain/clock.js';
+import { formatDurationMs } from '../domain/duration.js';
+import {
+  conflict,
+  invalidField,
+  isStacyError,
+  notFound,
+  StacyError,
+  unavailable,
+} from '../domain/errors.js';
+import type { ExecEvent, ExecOutcome, ExecSpec } from '../domain/exec.js';
+import type { FileEntry } from '../domain/files.js';
+import type { Lease } from '../domain/lease.js';
+import type { Logger } from '../domain/logger.js';
+import type { SandboxRecord, SandboxState } from '../domain/sandbox.js';
+import { LIVE_STATES, newSandboxId, statesLeadingTo, validateOwnerId } from '../domain/sandbox.js';
+import { DEFAULT_STALE_AFTER_MS } from '../domain/worker.js';
+import type { FileSource, ProviderStats, ReadFileResult } from '../providers/provider.js';
+import type { RuntimeRef, WorkerClient, WorkerDirectory } from '../rpc/worker-client.js';
+import type { AuditEntry, ExecLogEntry, Store } from '../store/store.js';
+import type { EventBus } from './events.js';
+import type { SandboxLimits } from './limits.js';
+import type { Metrics } from './metrics.js';
+import { Mutex } from './mutex.js';
+import { requireMode, requirePath, resolveTtlMs } from './request-rules.js';
+import type { PlacementDecision } from './scheduler.js';
+import { placeSandbox } from './scheduler.js';
+
+/** Who asked, for audit rows and logs. */
+export interface CallContext {
+  requestId: string;
+  /** Caller identity for audit (`api`, `admin`, an owner id). */
+  actor: string;
+  /** Tenant scoping; empty = none. */
+  tenantId?: string;
+  signal?: AbortSignal;
+}
+
+export interface SpawnInput {
+  image?: string;
+  provider?: string;
+  memoryMb?: number;
+  vcpus?: number;
+  ttl?: string;
+  ownerId?: string;
+  metadata?: Record<string, string>;
+  ports?: number[];
+}
+
+export interface AdmissionDecision {
+  allowed: boolean;
+  queueable: boolean;
+  reason?: string;
+  message?: string;
+  provider: string;
+  active_sandboxes: number;
+  max_sandboxes: number;
+  active_owner_sandboxes?: number;
+  max_owner_sandboxes?: number;
+  max_ttl: string;
+  selected_worker_id?: string;
+  eligible_workers: string[];
+  worker_reason: string;
+  rejected_workers?: Record<string, string>;
+}
+
+export interface SandboxServiceOptions {
+  store: Store;
+  workers: WorkerDirectory;
+  events: EventBus;
+  metrics: Metrics;
+  clock: Clock;
+  logger: Logger;
+  limits: SandboxLimits;
+  localWorkerId: string;
+  /** Provider used when a request names none. */
+  defaultProvider: string;
+  /** Extra lease time beyond the sandbox's expiry, so teardown still holds it. */
+  leaseGraceMs?: number;
+  /** Output bytes per stream kept in exec log rows. */
+  execLogMaxBytes?: number;
+  staleAfterMs?: number;
+}
+
+const DEFAULT_PORTS = [3000];
+const MAX_METADATA_ENTRIES = 64;
+
+/**
+ * The sandbox use cases: spawn, get, list, destroy, extend, prune, exec,
+ * files, logs. Every runtime operation goes through a {@link WorkerClient},
+ * whichever worker owns the sandbox.
+ */
+export class SandboxService {
+  private readonly admissionLock = new Mutex();
+  private readonly leaseGraceMs: number;
+  private readonly execLogMaxBytes: number;
+
+  constructor(private readonly o: SandboxServiceOptions) {
+    this.leaseGraceMs = o.leaseGraceMs ?? 5 * 60 * 1000;
+    this.execLogMaxBytes = o.execLogMaxBytes ?? 64 * 1024;
+  }
+
+  get limits(): SandboxLimits {
+    return this.o.limits;
+  }
+
+  private now(): number {
+    return this.o.clock.nowMs();
+  }
+
+  private client(workerId: string): WorkerClient {
+    const c = this.o.workers.client(workerId);
+    if (c === undefined) throw unavailable(`worker ${workerId} is not reachable from this control plane`);
+    return c;
+  }
+
+  private async audit(
+    ctx: CallContext,
+    action: string,
+    sandboxId: string,
+    status: AuditEntry['status'],
+    detail: string,
+    resource = '',
+  ): Promise<void> {
+    try {
+      await this.o.store.audit.append({
+        actor: ctx.actor,
+        action,
+        sandboxId,
+        resource,
+        status,
+        detail,
+        requestId: ctx.requestId,
+        createdAtMs: this.now(),
+      });
+    } catch (err) {
+      // Audit is best effort: losing a row must not fail the user's operation.
+      this.o.logger.warn({ err: (err as Error).message, action, sandboxId }, 'audit append failed');
+    }
+  }
+
+  // ---- admission and spawn -------------------------------------------------
+
+  private resolveProvider(name: string | undefined): string {
+    return name === undefined || name === '' ? this.o.defaultProvider : name;
+  }
+
+  private async place(provider: string): Promise<{
+    decision: PlacementDecision;
+    activeByWorker: Map<string, number>;
+    live: SandboxRecord[];
+  }> {
+    const [workers, live] = await Promise.all([
+      this.o.store.workers.list(),
+      this.o.store.sandboxes.list({ states: [...LIVE_STATES] }),
+    ]);
+    const activeByWorker = new Map<string, number>();
+    for (const s of live) activeByWorker.set(s.workerId, (activeByWorker.get(s.workerId) ?? 0) + 1);
+    const decision = placeSandbox({
+      workers,
+      activeByWorker,
+      provider,
+      localWorkerId: this.o.localWorkerId,
+      nowMs: this.now(),
+      staleAfterMs: this.o.staleAfterMs ?? DEFAULT_STALE_AFTER_MS,
+    });
+    return { decision, activeByWorker, live };
+  }
+
+  /** Decides whether a spawn would be admitted, without spawning. */
+  async admission(input: SpawnInput): Promise<AdmissionDecision> {
+    const provider = this.resolveProvider(input.provider);
+    const limits = this.o.limits;
+    const ownerId = this.ownerOf(input);
+    const { decision, live } = await this.place(provider);
+    const out: AdmissionDecision = {
+      allowed: true,
+      queueable: false,
+      provider,
+      active_sandboxes: live.length,
+      max_sandboxes: limits.maxSandboxes,
+      max_ttl: formatDurationMs(limits.maxTtlMs),
+      eligible_workers: decision.eligible,
+      worker_reason: decision.reason,
+    };
+    if (decision.workerId !== undefined) out.selected_worker_id = decision.workerId;
+    if (Object.keys(decision.rejected).length > 0) out.rejected_workers = decision.rejected;
+    const deny = (reason: string, message: string): AdmissionDecision => ({
+      ...out,
+      allowed: false,
+      reason,
+      message,
+    });
+    try {
+      resolveTtlMs(input.ttl, limits);
+    } catch (err) {
+      if (isStacyError(err) && err.code === 'RESOURCE_LIMIT') return deny('max_ttl', err.message);
+      throw err;
+    }
+    if (decision.workerId === undefined) {
+      return deny('worker_unavailable', `no eligible worker available for provider ${provider}`);
+    }
+    if (ownerId !== '') {
+      const ownerCount = live.filter((s) => s.ownerId === ownerId).length;
+      out.active_owner_sandboxes = ownerCount;
+      out.max_owner_sandboxes = limits.maxSandboxesPerOwner;
+      if (limits.maxSandboxesPerOwner > 0 && ownerCount >= limits.maxSandboxesPerOwner) {
+        return deny(
+          'max_sandboxes_per_owner',
+          `max sandboxes per owner reached (${limits.maxSandboxesPerOwner})`,
+        );
+      }
+    }
+    if (limits.maxSandboxes > 0 && live.length >= limits.maxSandboxes) {
+      return deny('max_sandboxes', `max sandboxes reached (${limits.maxSandboxes})`);
+    }
+    return out;
+  }
+
+  private ownerOf(input: SpawnInput): string {
+    if (input.ownerId === undefined || input.ownerId === '') return '';
+    const v = validateOwnerId(input.ownerId);
+    if (typeof v !== 'string') throw invalidField('owner_id', v.problem);
+    return v;
+  }
+
+  /** Creates a sandbox on the chosen worker and returns it `running`. */
+  async spawn(input: SpawnInput, ctx: CallContext): Promise<SandboxRecord> {
+    const limits = this.o.limits;
+    const ttlMs = resolveTtlMs(input.ttl, limits);
+    const ownerId = this.ownerOf(input);
+    const provider = this.resolveProvider(input.provider);
+    const metadata = input.metadata ?? {};
+    if (Object.keys(metadata).length > MAX_METADATA_ENTRIES) {
+      throw invalidField('metadata', `at most ${MAX_METADATA_ENTRIES} entries`);
+    }
+    const ports = [...new Set(input.ports ?? DEFAULT_PORTS)].sort((a, b) => a - b);
+    const image = input.image === undefined || input.image === '' ? limits.defaultImage : input.image;
+
+    // Admission and the insert happen under one lock so caps hold under
+    // concurrency; the provider spawn itself runs outside it.
+    const rec = await this.admissionLock.run(async () => {
+      const decision = await this.admission({ ...input, provider });
+      if (!decision.allowed) {
+        throw new StacyError('RESOURCE_LIMIT', decision.message ?? 'spawn not admitted', {
+          details: [{ field: decision.reason ?? 'spawn', problem: decision.message ?? '' }],
+        });
+      }
+      const workerId = decision.selected_worker_id ?? this.o.localWorkerId;
+      const now = this.now();
+      const record: SandboxRecord = {
+        id: newSandboxId(),
+        state: 'creating',
+        provider,
+        image,
+        memoryMb: input.memoryMb ?? limits.defaultMemoryMb,
+        vcpus: input.vcpus ?? limits.defaultVcpus,
+        ownerId,
+        tenantId: ctx.tenantId ?? '',
+        vmId: '',
+        workerId,
+        metadata,
+        ports,
+        createdAtMs: now,
+        updatedAtMs: now,
+        expiresAtMs: now + ttlMs,
+      };
+      await this.o.store.sandboxes.insert(record);
+      return record;
+    });
+
+    let lease: Lease | undefined;
+    try {
+      lease = await this.o.store.leases.acquire({
+        resourceId: rec.id,
+        resourceType: 'sandbox',
+        holderId: rec.workerId,
+        ttlMs: ttlMs + this.leaseGraceMs,
+        nowMs: this.now(),
+      });
+      const leaseToken = { resourceId: rec.id, holderId: lease.holderId, generation: lease.generation };
+      const result = await this.o.metrics.time('spawn', provider, () =>
+        this.client(rec.workerId).spawn(
+          {
+            sandboxId: rec.id,
+            provider,
+            image: rec.image,
+            memoryMb: rec.memoryMb,
+            vcpus: rec.vcpus,
+            ownerId: rec.ownerId,
+            metadata: rec.metadata,
+            ports: rec.ports,
+            lease: leaseToken,
+          },
+          ctx.signal === undefined ? {} : { signal: ctx.signal },
+        ),
+      );
+      const running = await this.o.store.sandboxes.transition(
+        rec.id,
+        ['creating'],
+        'running',
+        { vmId: result.runtimeId, provider: result.provider },
+        this.now(),
+      );
+      if (running === undefined) throw conflict(`sandbox ${rec.id} changed state during spawn`);
+      this.o.events.publish('sandbox.created', rec.id, {
+        provider,
+        image: rec.image,
+        worker_id: rec.workerId,
+      });
+      this.o.events.publish('sandbox.running', rec.id);
+      await this.audit(ctx, 'sandbox.spawn', rec.id, 'success', `state=running worker=${rec.workerId}`);
+      this.o.logger.info(
+        { sandbox_id: rec.id, provider, worker_id: rec.workerId, request_id: ctx.requestId },
+        'sandbox spawned',
+      );
+      return running;
+    } catch (err) {
+      await this.o.store.sandboxes.transition(rec.id, ['creating'], 'destroyed', {}, this.now());
+      if (lease !== undefined) {
+        await this.o.store.leases
+          .release({ resourceId: rec.id, holderId: lease.holderId, generation: lease.generation }, this.now())
+          .catch(() => false);
+      }
+      this.o.events.publish('sandbox.error', rec.id, {
+        operation: 'spawn',
+        provider,
+        error: (err as Error).message,
+      });
+      await this.audit(ctx, 'sandbox.spawn', rec.id, 'failure', (err as Error).message);
+      throw err;
+    }
+  }
+
+  // ---- reads -------------------------------------------------------------
+
+  /** A live sandbox; NOT_FOUND for unknown, destroyed or other tenants' ids. */
+  async get(id: string, ctx?: Pick<CallContext, 'tenantId'>): Promise<SandboxRecord> {
+    const rec = await this.o.store.sandboxes.get(id);
+    if (rec === undefined || rec.state === 'destroyed') throw notFound(`sandbox not found: ${id}`);
+    if (ctx?.tenantId !== undefined && ctx.tenantId !== '' && rec.tenantId !== ctx.tenantId) {
+      throw notFound(`sandbox not found: ${id}`);
+    }
+    return rec;
+  }
+
+  list(ctx?: Pick<CallContext, 'tenantId'>): Promise<SandboxRecord[]> {
+    const tenant = ctx?.tenantId;
+    return this.o.store.sandboxes.list(tenant === undefined || tenant === '' ? {} : { tenantId: tenant });
+  }
+
+  private async leaseFor(rec: SandboxRecord): Promise<Lease | undefined> {
+    const lease = await this.o.store.leases.get(rec.id);
+    return lease !== undefined && lease.holderId === rec.workerId ? lease : undefined;
+  }
+
+  private async refOf(rec: SandboxRecord): Promise<RuntimeRef> {
+    const ref: RuntimeRef = {
+      sandboxId: rec.id,
+      provider: rec.provider,
+      runtimeId: rec.vmId === '' ? rec.id : rec.vmId,
+    };
+    const lease = await this.leaseFor(rec);
+    if (lease !== undefined) {
+      ref.lease = { resourceId: rec.id, holderId: lease.holderId, generation: lease.generation };
+    }
+    return ref;
+  }
+
+  /** A sandbox that can take runtime operations right now. */
+  private async usable(id: string, ctx: CallContext): Promise<SandboxRecord> {
+    const rec = await this.get(id, ctx);
+    if (rec.state !== 'running') {
+      throw conflict(`sandbox ${id} is ${rec.state}; operations need a running sandbox`);
+    }
+    return rec;
+  }
+
+  // ---- destroy, extend, prune --------------------------------------------
+
+  /** Destroys a live sandbox. A second destroy, or an unknown id, is NOT_FOUND. */
+  async destroy(id: string, ctx: CallContext, reason = 'api'): Promise<void> {
+    const rec = await this.get(id, ctx);
+    const from = statesLeadingTo('destroying');
+    const marked = await this.o.store.sandboxes.transition(id, from, 'destroying', {}, this.now());
+    if (marked === undefined) {
+      const again = await this.o.store.sandboxes.get(id);
+      if (again === undefined || again.state === 'destroyed') throw notFound(`sandbox not found: ${id}`);
+      throw conflict(`sandbox ${id} is already being destroyed`);
+    }
+    const ref = await this.refOf(rec);
+    try {
+      await this.o.metrics.time('destroy', rec.provider, () =>
+        this.client(rec.workerId).destroy(ref, ctx.signal === undefined ? {} : { signal: ctx.signal }),
+      );
+    } catch (err) {
+      await this.o.store.sandboxes.transition(id, ['destroying'], 'error', {}, this.now());
+      this.o.events.publish('sandbox.error', id, {
+        operation: 'destroy',
+        provider: rec.provider,
+        error: (err as Error).message,
+      });
+      await this.audit(ctx, 'sandbox.destroy', id, 'failure', (err as Error).message);
+      throw err;
+    }
+    await this.o.store.sandboxes.transition(id, ['destroying'], 'destroyed', {}, this.now());
+    if (ref.lease !== undefined) await this.o.store.leases.release(ref.lease, this.now());
+    this.o.events.publish('sandbox.destroyed', id, { reason });
+    await this.audit(ctx, 'sandbox.destroy', id, 'success', `reason=${reason}`);
+    this.o.logger.info({ sandbox_id: id, reason, request_id: ctx.requestId }, 'sandbox destroyed');
+  }
+
+  /** Sets the expiry to now + ttl (bounded by max_ttl) and renews the lease to match. */
+  async extend(id: string, ttl: string | undefined, ctx: CallContext): Promise<SandboxRecord> {
+    if (ttl === undefined || ttl === '') throw invalidField('ttl', 'ttl is required');
+    const ttlMs = resolveTtlMs(ttl, this.o.limits);
+    const rec = await this.get(id, ctx);
+    const now = this.now();
+    const updated = await this.o.store.sandboxes.update(
+      id,
+      ['running', 'unhealthy', 'creating'],
+      { expiresAtMs: now + ttlMs },
+      now,
+    );
+    if (updated === undefined) throw conflict(`sandbox ${id} is ${rec.state} and cannot be extended`);
+    const lease = await this.leaseFor(rec);
+    if (lease !== undefined) {
+      await this.o.store.leases.renew(
+        { resourceId: id, holderId: lease.holderId, generation: lease.generation },
+        ttlMs + this.leaseGraceMs,
+        now,
+      );
+    }
+    this.o.events.publish('sandbox.extended', id, { expires_at: new Date(now + ttlMs).toISOString() });
+    await this.audit(ctx, 'sandbox.extend', id, 'success', `ttl=${ttl}`);
+    return updated;
+  }
+
+  /** Destroys every live sandbox past its expiry; returns how many were destroyed. */
+  async prune(ctx: CallContext): Promise<number> {
+    const expired = await this.o.store.sandboxes.list({
+      states: ['creating', 'running', 'unhealthy', 'expired', 'error'],
+      expiresBeforeMs: this.now(),
+    });
+    let n = 0;
+    for (const rec of expired) {
+      try {
+        await this.destroy(rec.id, { ...ctx, tenantId: '' }, 'ttl_expired');
+        n += 1;
+      } catch (err) {
+        if (!(isStacyError(err) && err.code === 'NOT_FOUND')) {
+          this.o.logger.warn({ sandbox_id: rec.id, err: (err as Error).message }, 'prune failed');
+        }
+      }
+    }
+    return n;
+  }
+
+  /**
+   * Startup reconcile for one worker: records whose runtime is gone become
+   * `destroyed` (lease released), so nothing counts against capacity forever.
+   */
+  async reconcileWorker(workerId: string, ctx: CallContext): Promise<number> {
+    const live = await this.o.store.sandboxes.list({ states: [...LIVE_STATES], workerId });
+    let n = 0;
+    for (const rec of live) {
+      const ref = await this.refOf(rec);
+      try {
+        await this.client(workerId).status(ref);
+      } catch (err) {
+        if (!(isStacyError(err) && err.code === 'NOT_FOUND')) {
+          this.o.logger.warn({ sandbox_id: rec.id, err: (err as Error).message }, 'reconcile status failed');
+          continue;
+        }
+        const done = await this.o.store.sandboxes.transition(rec.id, [...LIVE_STATES], 'destroyed', {}, this.now());
+        if (done === undefined) continue;
+        if (ref.lease !== undefined) await this.o.store.leases.release(ref.lease, this.now());
+        this.o.events.publish('sandbox.destroyed', rec.id, { reason: 'runtime_missing' });
+        await this.audit(ctx, 'sandbox.reconcile', rec.id, 'success', 'runtime missing; marked destroyed');
+        n += 1;
+      }
+    }
+    return n;
+  }
+
+  // ---- exec ----------------------------------------------------------------
+
+  private clip(s: string): { text: string; cut: boolean } {
+    if (Buffer.byteLength(s) <= this.execLogMaxBytes) return { text: s, cut: false };
+    return { text: Buffer.from(s).subarray(0, this.execLogMaxBytes).toString(), cut: true };
+  }
+
+  private async recordExec(
+    rec: SandboxRecord,
+    spec: ExecSpec,
+    outcome: ExecOutcome,
+    streamed: boolean,
+    ctx: CallContext,
+  ): Promise<void> {
+    const out = this.clip(outcome.stdout);
+    const errOut = this.clip(outcome.stderr);
+    try {
+      await this.o.store.execLogs.append({
+        sandboxId: rec.id,
+        command: spec.command,
+        args: spec.args,
+        mode: spec.mode,
+        exitCode: outcome.exitCode,
+        stdout: out.text,
+        stderr: errOut.text,
+        truncated: out.cut || errOut.cut,
+        durationMs: outcome.durationMs,
+        timedOut: outcome.timedOut,
+        streamed,
+        createdAtMs: this.now(),
+      });
+    } catch (err) {
+      this.o.logger.warn({ sandbox_id: rec.id, err: (err as Error).message }, 'exec log append failed');
+    }
+    const data = {
+      exit_code: outcome.exitCode,
+      duration: formatDurationMs(outcome.durationMs),
+      mode: spec.mode,
+      streamed,
+    };
+    this.o.events.publish(outcome.timedOut ? 'exec.timeout' : 'exec.completed', rec.id, data);
+    await this.audit(
+      ctx,
+      'exec',
+      rec.id,
+      outcome.timedOut ? 'failure' : 'success',
+      `exit=${outcome.exitCode} duration=${formatDurationMs(outcome.durationMs)} mode=${spec.mode}${streamed ? ' stream=true' : ''}${outcome.timedOut ? ' timed_out=true' : ''}`,
+    );
+  }
+
+  /** Runs a command to completion. TIMEOUT when the deadline killed it. */
+  async exec(id: string, spec: ExecSpec, ctx: CallContext): Promise<ExecOutcome> {
+    const rec = await this.usable(id, ctx);
+    const ref = await this.refOf(rec);
+    this.o.events.publish('exec.started', id, { mode: spec.mode, streamed: false });
+    let outcome: ExecOutcome;
+    try {
+      outcome = await this.o.metrics.time('exec', rec.provider, () =>
+        this.client(rec.workerId).exec(ref, spec, ctx.signal === undefined ? {} : { signal: ctx.signal }),
+      );
+    } catch (err) {
+      this.o.events.publish('exec.failed', id, { error: (err as Error).message });
+      await this.audit(ctx, 'exec', id, 'failure', (err as Error).message);
+      throw err;
+    }
+    await this.recordExec(rec, spec, outcome, false, ctx);
+    if (outcome.timedOut) {
+      throw new StacyError(
+        'TIMEOUT',
+        `exec timeout: ${id} (command killed after ${formatDurationMs(spec.timeoutMs)})`,
+      );
+    }
+    return outcome;
+  }
+
+  /**
+   * Starts a streamed exec. Pre-start problems (unknown sandbox, bad state)
+   * throw before the first event; the stream records its exec log on exit.
+   */
+  async execStream(id: string, spec: ExecSpec, ctx: CallContext): Promise<AsyncIterable<ExecEvent>> {
+    const rec = await this.usable(id, ctx);
+    const ref = await this.refOf(rec);
+    const source = this.client(rec.workerId).execStream(
+      ref,
+      spec,
+      ctx.signal === undefined ? {} : { signal: ctx.signal },
+    );
+    this.o.events.publish('exec.started', id, { mode: spec.mode, streamed: true });
+    return this.recordedStream(rec, spec, source, ctx);
+  }
+
+  private async *recordedStream(
+    rec: SandboxRecord,
+    spec: ExecSpec,
+    source: AsyncIterable<ExecEvent>,
+    ctx: CallContext,
+  ): AsyncGenerator<ExecEvent> {
+    const started = performance.now();
+    const kept = { stdout: [] as Buffer[], stderr: [] as Buffer[] };
+    const keptBytes = { stdout: 0, stderr: 0 };
+    let finished = false;
+    try {
+      for await (const ev of source) {
+        if (ev.type === 'exit') {
+          finished = true;
+          const outcome: ExecOutcome = {
+            exitCode: ev.exitCode,
+            timedOut: ev.timedOut,
+            durationMs: ev.durationMs,
+            stdout: Buffer.concat(kept.stdout).toString(),
+            stderr: Buffer.concat(kept.stderr).toString(),
+          };
+          this.o.metrics.observe('exec_stream', rec.provider, performance.now() - started);
+          await this.recordExec(rec, spec, outcome, true, ctx);
+        } else if (keptBytes[ev.type] < this.execLogMaxBytes) {
+          const room = this.execLogMaxBytes - keptBytes[ev.type];
+          const part = Buffer.from(ev.data.subarray(0, room));
+          kept[ev.type].push(part);
+          keptBytes[ev.type] += part.length;
+        }
+        yield ev;
+      }
+    } catch (err) {
+      this.o.metrics.observe('exec_stream', rec.provider, performance.now() - started, err);
+      this.o.events.publish('exec.failed', rec.id, { error: (err as Error).message, streamed: true });
+      throw err;
+    } finally {
+      if (!finished) {
+        this.o.events.publish('exec.failed', rec.id, { error: 'stream ended early', streamed: true });
+      }
+    }
+  }
+
+  // ---- files, logs, stats ----------------------------------------------
+
+  private opts(ctx: CallContext): { signal?: AbortSignal } {
+    return ctx.signal === undefined ? {} : { signal: ctx.signal };
+  }
+
+  private async fileOp<T>(
+    id: string,
+    ctx: CallContext,
+    action: string,
+    resource: string,
+    fn: (c: WorkerClient, ref: RuntimeRef, rec: SandboxRecord) => Promise<T>,
+    detail: (r: T) => string = () => '',
+  ): Promise<T> {
+    const rec = await this.usable(id, ctx);
+    const ref = await this.refOf(rec);
+    try {
+      const out = await this.o.metrics.time(action.replace('.', '_'), rec.provider, () =>
+        fn(this.client(rec.workerId), ref, rec),
+      );
+      await this.audit(ctx, action, id, 'success', detail(out), resource);
+      return out;
+    } catch (err) {
+      await this.audit(ctx, action, id, 'failure', (err as Error).message, resource);
+      throw err;
+    }
+  }
+
+  async writeFile(
+    id: string,
+    rawPath: string | undefined,
+    data: FileSource,
+    rawMode: string | number | undefined,
+    ctx: CallContext,
+  ): Promise<void> {
+    const path = requirePath('path', rawPath);
+    const mode = requireMode('mode', rawMode, 0o644);
+    await this.fileOp(id, ctx, 'file.write', path, (c, ref) =>
+      c.writeFile(ref, path, data, mode, this.opts(ctx)),
+      () => `mode=0${mode.toString(8)}`,
+    );
+    this.o.events.publish('file.written', id, { path });
+  }
+
+  async readFile(id: string, rawPath: string | undefined, ctx: CallContext): Promise<ReadFileResult> {
+    const path = requirePath('path', rawPath);
+    const out = await this.fileOp(id, ctx, 'file.read', path, (c, ref) =>
+      c.readFile(ref, path, this.opts(ctx)),
+      (r) => `bytes=${r.size}`,
+    );
+    this.o.events.publish('file.read', id, { path, size: out.size });
+    return out;
+  }
+
+  listFiles(id: string, rawPath: string | undefined, ctx: CallContext): Promise<FileEntry[]> {
+    const path = requirePath('path', rawPath === undefined || rawPath === '' ? '/' : rawPath);
+    return this.fileOp(id, ctx, 'file.list', path, (c, ref) => c.listFiles(ref, path, this.opts(ctx)),
+      (r) => `count=${r.length}`);
+  }
+
+  statFile(id: string, rawPath: string | undefined, ctx: CallContext): Promise<FileEntry> {
+    const path = requirePath('path', rawPath);
+    return this.fileOp(id, ctx, 'file.stat', path, (c, ref) => c.statFile(ref, path, this.opts(ctx)));
+  }
+
+  async deleteFile(
+    id: string,
+    rawPath: string | undefined,
+    recursive: boolean,
+    ctx: CallContext,
+  ): Promise<void> {
+    const path = requirePath('path', rawPath);
+    await this.fileOp(id, ctx, 'file.delete', path, (c, ref) =>
+      c.deleteFile(ref, path, recursive, this.opts(ctx)),
+      () => `recursive=${recursive}`,
+    );
+    this.o.events.publish('file.deleted', id, { path, recursive });
+  }
+
+  async moveFile(
+    id: string,
+    rawFrom: string | undefined,
+    rawTo: string | undefined,
+    ctx: CallContext,
+  ): Promise<void> {
+    const from = requirePath('old_path', rawFrom);
+    const to = requirePath('new_path', rawTo);
+    await this.fileOp(id, ctx, 'file.move', `${from} -> ${to}`, (c, ref) =>
+      c.moveFile(ref, from, to, this.opts(ctx)),
+    );
+    this.o.events.publish('file.moved', id, { old_path: from, new_path: to });
+  }
+
+  async chmodFile(
+    id: string,
+    rawPath: string | undefined,
+    rawMode: string | number | undefined,
+    ctx: CallContext,
+  ): Promise<void> {
+    const path = requirePath('path', rawPath);
+    if (rawMode === undefined || rawMode === '') throw invalidField('mode', 'mode is required');
+    const mode = requireMode('mode', rawMode, 0o644);
+    await this.fileOp(id, ctx, 'file.chmod', path, (c, ref) => c.chmodFile(ref, path, mode, this.opts(ctx)),
+      () => `mode=0${mode.toString(8)}`);
+  }
+
+  globFiles(id: string, rawPattern: string | undefined, ctx: CallContext): Promise<string[]> {
+    if (rawPattern === undefined || rawPattern === '') {
+      throw invalidField('pattern', 'pattern query parameter required');
+    }
+    const pattern = requirePath('pattern', rawPattern);
+    return this.fileOp(id, ctx, 'file.glob', pattern, (c, ref) => c.globFiles(ref, pattern, this.opts(ctx)),
+      (r) => `count=${r.length}`);
+  }
+
+  async logs(id: string, lines: number, ctx: CallContext): Promise<string[]> {
+    const rec = await this.get(id, ctx);
+    const ref = await this.refOf(rec);
+    return this.client(rec.workerId).logs(ref, lines, this.opts(ctx));
+  }
+
+  async stats(id: string, ctx: CallContext): Promise<ProviderStats | undefined> {
+    const rec = await this.usable(id, ctx);
+    const ref = await this.refOf(rec);
+    return this.client(rec.workerId).stats(ref, this.opts(ctx));
+  }
+
+  execLogs(id: string, limit: number, ctx: CallContext): Promise<ExecLogEntry[]> {
+    return this.get(id, ctx).then(() => this.o.store.execLogs.list(id, limit));
+  }
+
+  /** Counts of live sandboxes by state, for metrics. */
+  async countByState(): Promise<Record<SandboxState, number>> {
+    const live = await this.o.store.sandboxes.list({ states: [...LIVE_STATES] });
+    const out = Object.fromEntries(LIVE_STATES.map((s) => [s, 0])) as Record<SandboxState, number>;
+    for (const s of live) out[s.state] += 1;
+    return out;
+  }
+}
+export type { ExecLogEntry } from '../store/store.js';
