@@ -66,7 +66,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       info: {
         title: 'StacyVM API',
         version: deps.system.version,
-        description: 'Self-hosted sandboxes: spawn, exec, files, previews. Errors are {"code","message","request_id"}.',
+        description:
+          'Self-hosted sandboxes: spawn, exec, files, previews. Errors are {"code","message","request_id"}.',
       },
       components: {
         securitySchemes: {
@@ -78,9 +79,10 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     },
   });
 
-  const allowAll = deps.corsAllowedOrigins.length === 0 || deps.corsAllowedOrigins.includes('*');
+  // `*` allows any origin; an empty list allows no cross-origin calls.
+  const allowAll = deps.corsAllowedOrigins.includes('*');
   await app.register(cors, {
-    origin: allowAll ? '*' : deps.corsAllowedOrigins,
+    origin: allowAll ? '*' : deps.corsAllowedOrigins.length === 0 ? false : deps.corsAllowedOrigins,
     methods: ['GET', 'POST', 'PUT', 'DELETE', 'OPTIONS'],
     allowedHeaders: [
       'Content-Type',
@@ -107,13 +109,14 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
         events: deps.events,
         sseKeepaliveMs: deps.sseKeepaliveMs,
       });
-      await api.register(sandboxRoutes, { sandboxes: deps.sandboxes, previewDomain: deps.previewDomain });
+      await api.register(sandboxRoutes, {
+        sandboxes: deps.sandboxes,
+        previewDomain: deps.previewDomain,
+      });
       await api.register(execRoutes, { sandboxes: deps.sandboxes });
       await api.register(fileRoutes, { sandboxes: deps.sandboxes });
-      api.get(
-        '/openapi.json',
-        { config: { access: 'public' }, schema: { hide: true } },
-        async () => app.swagger(),
+      api.get('/openapi.json', { config: { access: 'public' }, schema: { hide: true } }, async () =>
+        app.swagger(),
       );
     },
     { prefix: '/api/v1' },

@@ -9,7 +9,8 @@ import type { FileInfoSchema, SandboxWire, WorkerSchema } from './schemas/common
 
 const iso = (ms: number): string => new Date(ms).toISOString();
 /** RFC 3339 to the second, as the reference emits for files and workers. */
-const isoSeconds = (ms: number): string => new Date(Math.floor(ms / 1000) * 1000).toISOString().replace('.000Z', 'Z');
+const isoSeconds = (ms: number): string =>
+  new Date(Math.floor(ms / 1000) * 1000).toISOString().replace('.000Z', 'Z');
 
 export function sandboxToWire(s: SandboxRecord, previewDomain: string): SandboxWire {
   const out: SandboxWire = {

@@ -3,7 +3,7 @@ import type { FastifyInstance } from 'fastify';
 import type { Logger as PinoLogger } from 'pino';
 import { buildApp } from '../api/build-app.js';
 import type { StacyConfig } from '../config/schema.js';
-import { durationMs } from '../config/load-config.js';
+import { databaseDialect, durationMs } from '../config/load-config.js';
 import type { Clock } from '../domain/clock.js';
 import { systemClock } from '../domain/clock.js';
 import { LOCAL_WORKER_ID } from '../domain/worker.js';
@@ -15,7 +15,10 @@ import { SystemService } from '../orchestrator/system-service.js';
 import { WorkerService } from '../orchestrator/worker-service.js';
 import { MockProvider } from '../providers/mock/mock-provider.js';
 import type { Provider } from '../providers/provider.js';
-import { createInProcessWorkerClient, StaticWorkerDirectory } from '../rpc/in-process-worker-client.js';
+import {
+  createInProcessWorkerClient,
+  StaticWorkerDirectory,
+} from '../rpc/in-process-worker-client.js';
 import { createStore } from '../store/create-store.js';
 import type { Store } from '../store/store.js';
 import { VERSION } from '../version.js';
@@ -37,22 +40,34 @@ export interface ControlPlaneOptions {
 }
 
 /** Chooses and builds the providers the config enables. */
-function buildProviders(config: StacyConfig, logger: PinoLogger): { providers: Provider[]; defaultName: string } {
+function buildProviders(
+  config: StacyConfig,
+  logger: PinoLogger,
+): { providers: Provider[]; defaultName: string } {
   const providers: Provider[] = [];
   if (config.providers.mock.enabled) {
     providers.push(
-      new MockProvider(config.providers.mock.base_dir === '' ? {} : { baseDir: config.providers.mock.base_dir }),
+      new MockProvider(
+        config.providers.mock.base_dir === '' ? {} : { baseDir: config.providers.mock.base_dir },
+      ),
     );
   }
   const wanted = config.providers.default;
   if (wanted === 'docker') {
-    throw new Error('providers.default is "docker" but the docker provider is not available in this build yet; use "auto" or "mock"');
+    throw new Error(
+      'providers.default is "docker" but the docker provider is not available in this build yet; use "auto" or "mock"',
+    );
   }
   if (wanted === 'auto') {
     if (!config.providers.mock.enabled) {
-      throw new Error('providers.default is "auto" but no provider is available: enable providers.mock');
+      throw new Error(
+        'providers.default is "auto" but no provider is available: enable providers.mock',
+      );
     }
-    logger.info({ provider: 'mock' }, 'providers.default=auto selected the mock provider (docker provider not available in this build)');
+    logger.info(
+      { provider: 'mock' },
+      'providers.default=auto selected the mock provider (docker provider not available in this build)',
+    );
     return { providers, defaultName: 'mock' };
   }
   if (!providers.some((p) => p.name === wanted)) {
@@ -66,7 +81,10 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
   const { config, logger } = o;
   const clock = o.clock ?? systemClock;
   const store = await createStore({
-    driver: config.database.driver === 'postgres' || config.database.driver === 'postgresql' ? 'postgres' : 'sqlite',
+    driver:
+      config.database.driver === 'postgres' || config.database.driver === 'postgresql'
+        ? 'postgres'
+        : 'sqlite',
     path: config.database.path,
     dsn: config.database.dsn,
   });
@@ -75,7 +93,12 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
     if (applied.length > 0) logger.info({ versions: applied }, 'database migrations applied');
 
     const { providers, defaultName } = buildProviders(config, logger);
-    const runtime = new WorkerRuntime({ workerId: LOCAL_WORKER_ID, providers, defaultProvider: defaultName, logger });
+    const runtime = new WorkerRuntime({
+      workerId: LOCAL_WORKER_ID,
+      providers,
+      defaultProvider: defaultName,
+      logger,
+    });
     await runtime.start();
     const local = createInProcessWorkerClient(runtime);
     const directory = new StaticWorkerDirectory([local]);
@@ -107,10 +130,26 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
     });
     const workers = new WorkerService({ store, clock, events, logger, staleAfterMs });
     const startedAtMs = clock.nowMs();
-    const system = new SystemService({ store, local, events, metrics, clock, version: VERSION, startedAtMs, staleAfterMs });
+    const system = new SystemService({
+      store,
+      local,
+      events,
+      metrics,
+      clock,
+      version: VERSION,
+      startedAtMs,
+      staleAfterMs,
+    });
 
-    const reconciled = await sandboxes.reconcileWorker(LOCAL_WORKER_ID, { requestId: 'startup', actor: 'system:reconcile' });
-    if (reconciled > 0) logger.info({ destroyed: reconciled }, 'reconcile marked sandboxes with no runtime as destroyed');
+    const reconciled = await sandboxes.reconcileWorker(LOCAL_WORKER_ID, {
+      requestId: 'startup',
+      actor: 'system:reconcile',
+    });
+    if (reconciled > 0)
+      logger.info(
+        { destroyed: reconciled },
+        'reconcile marked sandboxes with no runtime as destroyed',
+      );
 
     await workers.startLocalHeartbeat(
       () => ({
@@ -131,7 +170,11 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
       30_000,
     );
 
-    const reaper = new Reaper({ service: sandboxes, intervalMs: durationMs(config.server.reaper_interval), logger });
+    const reaper = new Reaper({
+      service: sandboxes,
+      intervalMs: durationMs(config.server.reaper_interval),
+      logger,
+    });
     const app = await buildApp({
       sandboxes,
       workers,
@@ -165,7 +208,10 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
         const result = await Promise.race([app.close().then(() => 'closed' as const), timedOut]);
         clearTimeout(timer);
         if (result === 'timeout') {
-          logger.warn({ timeout: config.server.shutdown_timeout }, 'in-flight requests did not finish in time; closing connections');
+          logger.warn(
+            { timeout: config.server.shutdown_timeout },
+            'in-flight requests did not finish in time; closing connections',
+          );
           app.server.closeAllConnections();
         }
         await runtime.stop();

@@ -17,7 +17,14 @@ export const REDACT_PATHS = [
   'req.headers.cookie',
 ];
 
-const LEVELS: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO', 40: 'WARN', 50: 'ERROR', 60: 'FATAL' };
+const LEVELS: Record<number, string> = {
+  10: 'TRACE',
+  20: 'DEBUG',
+  30: 'INFO',
+  40: 'WARN',
+  50: 'ERROR',
+  60: 'FATAL',
+};
 
 /** A minimal human-readable line format (the `pretty` logging format). */
 function prettyStream(out: NodeJS.WritableStream): Writable {
@@ -28,11 +35,15 @@ function prettyStream(out: NodeJS.WritableStream): Writable {
         try {
           const rec = JSON.parse(line) as Record<string, unknown>;
           const { level, time, msg, pid: _pid, hostname: _h, ...rest } = rec;
-          const ts = new Date(typeof time === 'number' ? time : Date.now()).toISOString().slice(11, 23);
+          const ts = new Date(typeof time === 'number' ? time : Date.now())
+            .toISOString()
+            .slice(11, 23);
           const extras = Object.entries(rest)
             .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
             .join(' ');
-          out.write(`${ts} ${(LEVELS[level as number] ?? String(level)).padEnd(5)} ${String(msg ?? '')}${extras === '' ? '' : ` ${extras}`}\n`);
+          out.write(
+            `${ts} ${(LEVELS[level as number] ?? String(level)).padEnd(5)} ${typeof msg === 'string' ? msg : JSON.stringify(msg ?? '')}${extras === '' ? '' : ` ${extras}`}\n`,
+          );
         } catch {
           out.write(`${line}\n`);
         }
@@ -51,7 +62,9 @@ export function createLogger(o: LoggerOptions): PinoLogger {
       redact: { paths: REDACT_PATHS, censor: '<redacted>' },
       timestamp: pino.stdTimeFunctions.isoTime,
       formatters: { level: (label) => ({ level: label }) },
-      ...(o.format === 'pretty' ? { timestamp: pino.stdTimeFunctions.epochTime, formatters: {} } : {}),
+      ...(o.format === 'pretty'
+        ? { timestamp: pino.stdTimeFunctions.epochTime, formatters: {} }
+        : {}),
     },
     o.format === 'pretty' ? prettyStream(dest) : dest,
   );

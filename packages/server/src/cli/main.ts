@@ -1,7 +1,13 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from 'commander';
 import { stringify } from 'yaml';
-import { checkBindSafety, ConfigError, loadConfig, redactConfig } from '../config/load-config.js';
+import {
+  checkBindSafety,
+  ConfigError,
+  databaseDialect,
+  loadConfig,
+  redactConfig,
+} from '../config/load-config.js';
 import type { LoadedConfig } from '../config/load-config.js';
 import { formatLintFindings, hasLintFailures, lintConfig } from '../config/lint-config.js';
 import { isStacyError } from '../domain/errors.js';
@@ -36,7 +42,8 @@ async function serve(opts: { config?: string; host?: string; port?: string }): P
   if (opts.host !== undefined) config.server.host = opts.host;
   if (opts.port !== undefined) {
     const port = Number(opts.port);
-    if (!Number.isInteger(port) || port < 0 || port > 65535) fail(`--port: "${opts.port}" is not a port number`, 2);
+    if (!Number.isInteger(port) || port < 0 || port > 65535)
+      fail(`--port: "${opts.port}" is not a port number`, 2);
     config.server.port = port;
   }
   const refusal = checkBindSafety(config);
@@ -94,7 +101,10 @@ export function buildProgram(): Command {
   program
     .command('serve')
     .description('run the control plane (REST API, scheduler, store, reaper)')
-    .option('--config <file>', 'config file (else STACYVM_CONFIG, ./stacyvm.yaml, ~/.stacyvm/config.yaml)')
+    .option(
+      '--config <file>',
+      'config file (else STACYVM_CONFIG, ./stacyvm.yaml, ~/.stacyvm/config.yaml)',
+    )
     .option('--host <host>', 'override server.host')
     .option('--port <port>', 'override server.port (0 picks a free port)')
     .action(serve);
@@ -108,7 +118,9 @@ export function buildProgram(): Command {
       try {
         const loaded = load(opts.config);
         for (const w of loaded.warnings) process.stderr.write(`warning: ${w}\n`);
-        process.stdout.write(`# source: ${loaded.source ?? 'defaults'}\n${stringify(redactConfig(loaded.config))}`);
+        process.stdout.write(
+          `# source: ${loaded.source ?? 'defaults'}\n${stringify(redactConfig(loaded.config))}`,
+        );
       } catch (err) {
         fail(describeError(err), 2);
       }
@@ -135,7 +147,10 @@ export function buildProgram(): Command {
     try {
       const { config: cfg } = load(opts.config);
       const store = await createStore({
-        driver: cfg.database.driver === 'postgres' || cfg.database.driver === 'postgresql' ? 'postgres' : 'sqlite',
+        driver:
+          cfg.database.driver === 'postgres' || cfg.database.driver === 'postgresql'
+            ? 'postgres'
+            : 'sqlite',
         path: cfg.database.path,
         dsn: cfg.database.dsn,
       });
@@ -154,7 +169,11 @@ export function buildProgram(): Command {
       fail(describeError(err));
     }
   };
-  program.command('migrate').description('apply database migrations and exit').option('--config <file>', 'config file').action(migrate);
+  program
+    .command('migrate')
+    .description('apply database migrations and exit')
+    .option('--config <file>', 'config file')
+    .action(migrate);
   program
     .command('db')
     .description('database operations')

@@ -41,7 +41,7 @@ export class Metrics {
     if (error === undefined) s.success += 1;
     else {
       s.failure += 1;
-      s.lastError = error instanceof Error ? error.message : String(error);
+      s.lastError = error instanceof Error ? error.message : JSON.stringify(error);
     }
     s.latencyCount += 1;
     s.latencySumMs += ms;
@@ -88,16 +88,38 @@ export class Metrics {
     }
     const snap = this.snapshot();
     const fams: Array<[string, string, string, (s: OpStats) => number]> = [
-      ['stacyvm_operation_success_total', 'Operations that succeeded.', 'counter', (s) => s.success],
+      [
+        'stacyvm_operation_success_total',
+        'Operations that succeeded.',
+        'counter',
+        (s) => s.success,
+      ],
       ['stacyvm_operation_failure_total', 'Operations that failed.', 'counter', (s) => s.failure],
-      ['stacyvm_operation_latency_milliseconds_sum', 'Total operation latency.', 'counter', (s) => s.latencySumMs],
-      ['stacyvm_operation_latency_milliseconds_count', 'Operations timed.', 'counter', (s) => s.latencyCount],
-      ['stacyvm_operation_latency_milliseconds_max', 'Slowest operation seen.', 'gauge', (s) => s.latencyMaxMs],
+      [
+        'stacyvm_operation_latency_milliseconds_sum',
+        'Total operation latency.',
+        'counter',
+        (s) => s.latencySumMs,
+      ],
+      [
+        'stacyvm_operation_latency_milliseconds_count',
+        'Operations timed.',
+        'counter',
+        (s) => s.latencyCount,
+      ],
+      [
+        'stacyvm_operation_latency_milliseconds_max',
+        'Slowest operation seen.',
+        'gauge',
+        (s) => s.latencyMaxMs,
+      ],
     ];
     for (const [name, help, type, pick] of fams) {
       declare(name, help, type);
       for (const s of snap) {
-        lines.push(`${name}${labelText({ operation: s.operation, provider: s.provider })} ${pick(s)}`);
+        lines.push(
+          `${name}${labelText({ operation: s.operation, provider: s.provider })} ${pick(s)}`,
+        );
       }
     }
     declare('stacyvm_http_requests_total', 'HTTP requests served.', 'counter');

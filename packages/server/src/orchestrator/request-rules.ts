@@ -24,7 +24,11 @@ export function parseDurationField(field: string, raw: string): number {
 }
 
 /** Resolves a requested TTL against the defaults and `max_ttl`. */
-export function resolveTtlMs(raw: string | undefined, limits: SandboxLimits, field = 'ttl'): number {
+export function resolveTtlMs(
+  raw: string | undefined,
+  limits: SandboxLimits,
+  field = 'ttl',
+): number {
   if (raw === undefined || raw === '') return limits.defaultTtlMs;
   const ms = parseDurationField(field, raw);
   if (ms <= 0) throw invalidField(field, `must be positive, got "${raw}"`);
@@ -55,7 +59,8 @@ export function resolveExecSpec(raw: RawExecRequest, limits: SandboxLimits): Exe
   });
   const env: Record<string, string> = {};
   for (const [k, v] of Object.entries(raw.env ?? {})) {
-    if (!ENV_KEY.test(k)) throw invalidField(`env.${k}`, 'is not a valid environment variable name');
+    if (!ENV_KEY.test(k))
+      throw invalidField(`env.${k}`, 'is not a valid environment variable name');
     if (v.includes('\0')) throw invalidField(`env.${k}`, 'must not contain NUL bytes');
     env[k] = v;
   }
@@ -92,7 +97,11 @@ export function requirePath(field: string, raw: string | undefined): string {
 }
 
 /** Validates an octal mode field. */
-export function requireMode(field: string, raw: string | number | undefined, fallback: number): number {
+export function requireMode(
+  field: string,
+  raw: string | number | undefined,
+  fallback: number,
+): number {
   if (raw === undefined || raw === '') return fallback;
   if (typeof raw === 'number') {
     if (!Number.isInteger(raw) || raw < 0 || raw > 0o7777)

@@ -110,7 +110,8 @@ export class SandboxService {
 
   private client(workerId: string): WorkerClient {
     const c = this.o.workers.client(workerId);
-    if (c === undefined) throw unavailable(`worker ${workerId} is not reachable from this control plane`);
+    if (c === undefined)
+      throw unavailable(`worker ${workerId} is not reachable from this control plane`);
     return c;
   }
 
@@ -198,6 +199,10 @@ export class SandboxService {
       throw err;
     }
     if (decision.workerId === undefined) {
+      const reasons = Object.values(decision.rejected);
+      if (reasons.length > 0 && reasons.every((r) => r.startsWith('does not offer provider'))) {
+        throw notFound(`provider not found: ${provider}`);
+      }
       return deny('worker_unavailable', `no eligible worker available for provider ${provider}`);
     }
     if (ownerId !== '') {
@@ -235,7 +240,8 @@ export class SandboxService {
       throw invalidField('metadata', `at most ${MAX_METADATA_ENTRIES} entries`);
     }
     const ports = [...new Set(input.ports ?? DEFAULT_PORTS)].sort((a, b) => a - b);
-    const image = input.image === undefined || input.image === '' ? limits.defaultImage : input.image;
+    const image =
+      input.image === undefined || input.image === '' ? limits.defaultImage : input.image;
 
     // Admission and the insert happen under one lock so caps hold under
     // concurrency; the provider spawn itself runs outside it.
@@ -278,7 +284,11 @@ export class SandboxService {
         ttlMs: ttlMs + this.leaseGraceMs,
         nowMs: this.now(),
       });
-      const leaseToken = { resourceId: rec.id, holderId: lease.holderId, generation: lease.generation };
+      const leaseToken = {
+        resourceId: rec.id,
+        holderId: lease.holderId,
+        generation: lease.generation,
+      };
       const result = await this.o.metrics.time('spawn', provider, () =>
         this.client(rec.workerId).spawn(
           {
@@ -309,7 +319,13 @@ export class SandboxService {
         worker_id: rec.workerId,
       });
       this.o.events.publish('sandbox.running', rec.id);
-      await this.audit(ctx, 'sandbox.spawn', rec.id, 'success', `state=running worker=${rec.workerId}`);
+      await this.audit(
+        ctx,
+        'sandbox.spawn',
+        rec.id,
+        'success',
+        `state=running worker=${rec.workerId}`,
+      );
       this.o.logger.info(
         { sandbox_id: rec.id, provider, worker_id: rec.workerId, request_id: ctx.requestId },
         'sandbox spawned',
@@ -319,7 +335,10 @@ export class SandboxService {
       await this.o.store.sandboxes.transition(rec.id, ['creating'], 'destroyed', {}, this.now());
       if (lease !== undefined) {
         await this.o.store.leases
-          .release({ resourceId: rec.id, holderId: lease.holderId, generation: lease.generation }, this.now())
+          .release(
+            { resourceId: rec.id, holderId: lease.holderId, generation: lease.generation },
+            this.now(),
+          )
           .catch(() => false);
       }
       this.o.events.publish('sandbox.error', rec.id, {
@@ -346,7 +365,9 @@ export class SandboxService {
 
   list(ctx?: Pick<CallContext, 'tenantId'>): Promise<SandboxRecord[]> {
     const tenant = ctx?.tenantId;
-    return this.o.store.sandboxes.list(tenant === undefined || tenant === '' ? {} : { tenantId: tenant });
+    return this.o.store.sandboxes.list(
+      tenant === undefined || tenant === '' ? {} : { tenantId: tenant },
+    );
   }
 
   private async leaseFor(rec: SandboxRecord): Promise<Lease | undefined> {
@@ -385,13 +406,17 @@ export class SandboxService {
     const marked = await this.o.store.sandboxes.transition(id, from, 'destroying', {}, this.now());
     if (marked === undefined) {
       const again = await this.o.store.sandboxes.get(id);
-      if (again === undefined || again.state === 'destroyed') throw notFound(`sandbox not found: ${id}`);
+      if (again === undefined || again.state === 'destroyed')
+        throw notFound(`sandbox not found: ${id}`);
       throw conflict(`sandbox ${id} is already being destroyed`);
     }
     const ref = await this.refOf(rec);
     try {
       await this.o.metrics.time('destroy', rec.provider, () =>
-        this.client(rec.workerId).destroy(ref, ctx.signal === undefined ? {} : { signal: ctx.signal }),
+        this.client(rec.workerId).destroy(
+          ref,
+          ctx.signal === undefined ? {} : { signal: ctx.signal },
+        ),
       );
     } catch (err) {
       await this.o.store.sandboxes.transition(id, ['destroying'], 'error', {}, this.now());
@@ -422,7 +447,8 @@ export class SandboxService {
       { expiresAtMs: now + ttlMs },
       now,
     );
-    if (updated === undefined) throw conflict(`sandbox ${id} is ${rec.state} and cannot be extended`);
+    if (updated === undefined)
+      throw conflict(`sandbox ${id} is ${rec.state} and cannot be extended`);
     const lease = await this.leaseFor(rec);
     if (lease !== undefined) {
       await this.o.store.leases.renew(
@@ -431,7 +457,9 @@ export class SandboxService {
         now,
       );
     }
-    this.o.events.publish('sandbox.extended', id, { expires_at: new Date(now + ttlMs).toISOString() });
+    this.o.events.publish('sandbox.extended', id, {
+      expires_at: new Date(now + ttlMs).toISOString(),
+    });
     await this.audit(ctx, 'sandbox.extend', id, 'success', `ttl=${ttl}`);
     return updated;
   }
@@ -469,14 +497,29 @@ export class SandboxService {
         await this.client(workerId).status(ref);
       } catch (err) {
         if (!(isStacyError(err) && err.code === 'NOT_FOUND')) {
-          this.o.logger.warn({ sandbox_id: rec.id, err: (err as Error).message }, 'reconcile status failed');
+          this.o.logger.warn(
+            { sandbox_id: rec.id, err: (err as Error).message },
+            'reconcile status failed',
+          );
           continue;
         }
-        const done = await this.o.store.sandboxes.transition(rec.id, [...LIVE_STATES], 'destroyed', {}, this.now());
+        const done = await this.o.store.sandboxes.transition(
+          rec.id,
+          [...LIVE_STATES],
+          'destroyed',
+          {},
+          this.now(),
+        );
         if (done === undefined) continue;
         if (ref.lease !== undefined) await this.o.store.leases.release(ref.lease, this.now());
         this.o.events.publish('sandbox.destroyed', rec.id, { reason: 'runtime_missing' });
-        await this.audit(ctx, 'sandbox.reconcile', rec.id, 'success', 'runtime missing; marked destroyed');
+        await this.audit(
+          ctx,
+          'sandbox.reconcile',
+          rec.id,
+          'success',
+          'runtime missing; marked destroyed',
+        );
         n += 1;
       }
     }
@@ -515,7 +558,10 @@ export class SandboxService {
         createdAtMs: this.now(),
       });
     } catch (err) {
-      this.o.logger.warn({ sandbox_id: rec.id, err: (err as Error).message }, 'exec log append failed');
+      this.o.logger.warn(
+        { sandbox_id: rec.id, err: (err as Error).message },
+        'exec log append failed',
+      );
     }
     const data = {
       exit_code: outcome.exitCode,
@@ -541,7 +587,11 @@ export class SandboxService {
     let outcome: ExecOutcome;
     try {
       outcome = await this.o.metrics.time('exec', rec.provider, () =>
-        this.client(rec.workerId).exec(ref, spec, ctx.signal === undefined ? {} : { signal: ctx.signal }),
+        this.client(rec.workerId).exec(
+          ref,
+          spec,
+          ctx.signal === undefined ? {} : { signal: ctx.signal },
+        ),
       );
     } catch (err) {
       this.o.events.publish('exec.failed', id, { error: (err as Error).message });
@@ -562,7 +612,11 @@ export class SandboxService {
    * Starts a streamed exec. Pre-start problems (unknown sandbox, bad state)
    * throw before the first event; the stream records its exec log on exit.
    */
-  async execStream(id: string, spec: ExecSpec, ctx: CallContext): Promise<AsyncIterable<ExecEvent>> {
+  async execStream(
+    id: string,
+    spec: ExecSpec,
+    ctx: CallContext,
+  ): Promise<AsyncIterable<ExecEvent>> {
     const rec = await this.usable(id, ctx);
     const ref = await this.refOf(rec);
     const source = this.client(rec.workerId).execStream(
@@ -607,11 +661,17 @@ export class SandboxService {
       }
     } catch (err) {
       this.o.metrics.observe('exec_stream', rec.provider, performance.now() - started, err);
-      this.o.events.publish('exec.failed', rec.id, { error: (err as Error).message, streamed: true });
+      this.o.events.publish('exec.failed', rec.id, {
+        error: (err as Error).message,
+        streamed: true,
+      });
       throw err;
     } finally {
       if (!finished) {
-        this.o.events.publish('exec.failed', rec.id, { error: 'stream ended early', streamed: true });
+        this.o.events.publish('exec.failed', rec.id, {
+          error: 'stream ended early',
+          streamed: true,
+        });
       }
     }
   }
@@ -653,17 +713,29 @@ export class SandboxService {
   ): Promise<void> {
     const path = requirePath('path', rawPath);
     const mode = requireMode('mode', rawMode, 0o644);
-    await this.fileOp(id, ctx, 'file.write', path, (c, ref) =>
-      c.writeFile(ref, path, data, mode, this.opts(ctx)),
+    await this.fileOp(
+      id,
+      ctx,
+      'file.write',
+      path,
+      (c, ref) => c.writeFile(ref, path, data, mode, this.opts(ctx)),
       () => `mode=0${mode.toString(8)}`,
     );
     this.o.events.publish('file.written', id, { path });
   }
 
-  async readFile(id: string, rawPath: string | undefined, ctx: CallContext): Promise<ReadFileResult> {
+  async readFile(
+    id: string,
+    rawPath: string | undefined,
+    ctx: CallContext,
+  ): Promise<ReadFileResult> {
     const path = requirePath('path', rawPath);
-    const out = await this.fileOp(id, ctx, 'file.read', path, (c, ref) =>
-      c.readFile(ref, path, this.opts(ctx)),
+    const out = await this.fileOp(
+      id,
+      ctx,
+      'file.read',
+      path,
+      (c, ref) => c.readFile(ref, path, this.opts(ctx)),
       (r) => `bytes=${r.size}`,
     );
     this.o.events.publish('file.read', id, { path, size: out.size });
@@ -672,13 +744,21 @@ export class SandboxService {
 
   listFiles(id: string, rawPath: string | undefined, ctx: CallContext): Promise<FileEntry[]> {
     const path = requirePath('path', rawPath === undefined || rawPath === '' ? '/' : rawPath);
-    return this.fileOp(id, ctx, 'file.list', path, (c, ref) => c.listFiles(ref, path, this.opts(ctx)),
-      (r) => `count=${r.length}`);
+    return this.fileOp(
+      id,
+      ctx,
+      'file.list',
+      path,
+      (c, ref) => c.listFiles(ref, path, this.opts(ctx)),
+      (r) => `count=${r.length}`,
+    );
   }
 
   statFile(id: string, rawPath: string | undefined, ctx: CallContext): Promise<FileEntry> {
     const path = requirePath('path', rawPath);
-    return this.fileOp(id, ctx, 'file.stat', path, (c, ref) => c.statFile(ref, path, this.opts(ctx)));
+    return this.fileOp(id, ctx, 'file.stat', path, (c, ref) =>
+      c.statFile(ref, path, this.opts(ctx)),
+    );
   }
 
   async deleteFile(
@@ -688,8 +768,12 @@ export class SandboxService {
     ctx: CallContext,
   ): Promise<void> {
     const path = requirePath('path', rawPath);
-    await this.fileOp(id, ctx, 'file.delete', path, (c, ref) =>
-      c.deleteFile(ref, path, recursive, this.opts(ctx)),
+    await this.fileOp(
+      id,
+      ctx,
+      'file.delete',
+      path,
+      (c, ref) => c.deleteFile(ref, path, recursive, this.opts(ctx)),
       () => `recursive=${recursive}`,
     );
     this.o.events.publish('file.deleted', id, { path, recursive });
@@ -718,8 +802,14 @@ export class SandboxService {
     const path = requirePath('path', rawPath);
     if (rawMode === undefined || rawMode === '') throw invalidField('mode', 'mode is required');
     const mode = requireMode('mode', rawMode, 0o644);
-    await this.fileOp(id, ctx, 'file.chmod', path, (c, ref) => c.chmodFile(ref, path, mode, this.opts(ctx)),
-      () => `mode=0${mode.toString(8)}`);
+    await this.fileOp(
+      id,
+      ctx,
+      'file.chmod',
+      path,
+      (c, ref) => c.chmodFile(ref, path, mode, this.opts(ctx)),
+      () => `mode=0${mode.toString(8)}`,
+    );
   }
 
   globFiles(id: string, rawPattern: string | undefined, ctx: CallContext): Promise<string[]> {
@@ -727,8 +817,14 @@ export class SandboxService {
       throw invalidField('pattern', 'pattern query parameter required');
     }
     const pattern = requirePath('pattern', rawPattern);
-    return this.fileOp(id, ctx, 'file.glob', pattern, (c, ref) => c.globFiles(ref, pattern, this.opts(ctx)),
-      (r) => `count=${r.length}`);
+    return this.fileOp(
+      id,
+      ctx,
+      'file.glob',
+      pattern,
+      (c, ref) => c.globFiles(ref, pattern, this.opts(ctx)),
+      (r) => `count=${r.length}`,
+    );
   }
 
   async logs(id: string, lines: number, ctx: CallContext): Promise<string[]> {

@@ -1,6 +1,7 @@
 import type { WorkerRecord } from '../domain/worker.js';
 
-export type PlacementReason = 'local_fallback' | 'local_selected' | 'remote_worker_selected' | 'no_eligible_worker';
+export type PlacementReason =
+  'local_fallback' | 'local_selected' | 'remote_worker_selected' | 'no_eligible_worker';
 
 export interface PlacementInput {
   workers: WorkerRecord[];
@@ -36,7 +37,8 @@ export function placeSandbox(input: PlacementInput): PlacementDecision {
   for (const w of input.workers) {
     const provider = input.provider.toLowerCase();
     if (w.status.toLowerCase() !== 'online') rejected[w.id] = `status is ${w.status}`;
-    else if (input.nowMs - w.lastHeartbeatMs > input.staleAfterMs) rejected[w.id] = 'heartbeat is stale';
+    else if (input.nowMs - w.lastHeartbeatMs > input.staleAfterMs)
+      rejected[w.id] = 'heartbeat is stale';
     else if (w.providers.length > 0 && !w.providers.some((p) => p.toLowerCase() === provider))
       rejected[w.id] = `does not offer provider ${input.provider}`;
     else {

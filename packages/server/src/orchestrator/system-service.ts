@@ -93,7 +93,11 @@ export class SystemService {
     const mem = process.memoryUsage();
     gauges.push(
       { name: 'stacyvm_runtime_memory_rss_bytes', help: 'Resident set size.', value: mem.rss },
-      { name: 'stacyvm_runtime_memory_heap_used_bytes', help: 'V8 heap in use.', value: mem.heapUsed },
+      {
+        name: 'stacyvm_runtime_memory_heap_used_bytes',
+        help: 'V8 heap in use.',
+        value: mem.heapUsed,
+      },
     );
     const live = await this.o.store.sandboxes.list({ states: [...LIVE_STATES] });
     const byState = new Map<string, number>(LIVE_STATES.map((s) => [s, 0]));
@@ -105,13 +109,28 @@ export class SystemService {
       byWorker.set(s.workerId, (byWorker.get(s.workerId) ?? 0) + 1);
     }
     for (const [state, n] of byState) {
-      gauges.push({ name: 'stacyvm_sandboxes_total', help: 'Live sandboxes by state.', labels: { state }, value: n });
+      gauges.push({
+        name: 'stacyvm_sandboxes_total',
+        help: 'Live sandboxes by state.',
+        labels: { state },
+        value: n,
+      });
     }
     for (const [provider, n] of byProvider) {
-      gauges.push({ name: 'stacyvm_sandboxes_by_provider_total', help: 'Live sandboxes by provider.', labels: { provider }, value: n });
+      gauges.push({
+        name: 'stacyvm_sandboxes_by_provider_total',
+        help: 'Live sandboxes by provider.',
+        labels: { provider },
+        value: n,
+      });
     }
     for (const [worker, n] of byWorker) {
-      gauges.push({ name: 'stacyvm_sandboxes_by_worker_total', help: 'Live sandboxes by worker.', labels: { worker }, value: n });
+      gauges.push({
+        name: 'stacyvm_sandboxes_by_worker_total',
+        help: 'Live sandboxes by worker.',
+        labels: { worker },
+        value: n,
+      });
     }
     for (const p of await this.o.local.providers()) {
       gauges.push(
@@ -137,16 +156,44 @@ export class SystemService {
       ['online', Math.max(0, online)],
       ['stale', stale],
     ] as const) {
-      gauges.push({ name: 'stacyvm_workers_total', help: 'Registered workers.', labels: { status }, value: n });
+      gauges.push({
+        name: 'stacyvm_workers_total',
+        help: 'Registered workers.',
+        labels: { status },
+        value: n,
+      });
     }
     const leases = await this.o.store.leases.list();
     const activeLeases = leases.filter((l) => l.holderId !== '' && l.expiresAtMs > now).length;
     gauges.push(
-      { name: 'stacyvm_leases_total', help: 'Leases by status.', labels: { status: 'total' }, value: leases.length },
-      { name: 'stacyvm_leases_total', help: 'Leases by status.', labels: { status: 'active' }, value: activeLeases },
-      { name: 'stacyvm_events_total', help: 'Events published.', value: this.o.events.publishedTotal, type: 'counter' },
-      { name: 'stacyvm_event_subscribers', help: 'Open event subscriptions.', value: this.o.events.subscriberCount },
-      { name: 'stacyvm_event_history_size', help: 'Events kept for replay.', value: this.o.events.historyLength },
+      {
+        name: 'stacyvm_leases_total',
+        help: 'Leases by status.',
+        labels: { status: 'total' },
+        value: leases.length,
+      },
+      {
+        name: 'stacyvm_leases_total',
+        help: 'Leases by status.',
+        labels: { status: 'active' },
+        value: activeLeases,
+      },
+      {
+        name: 'stacyvm_events_total',
+        help: 'Events published.',
+        value: this.o.events.publishedTotal,
+        type: 'counter',
+      },
+      {
+        name: 'stacyvm_event_subscribers',
+        help: 'Open event subscriptions.',
+        value: this.o.events.subscriberCount,
+      },
+      {
+        name: 'stacyvm_event_history_size',
+        help: 'Events kept for replay.',
+        value: this.o.events.historyLength,
+      },
     );
     return this.o.metrics.render(gauges);
   }

@@ -54,7 +54,10 @@ export function toStacyError(err: unknown): StacyError {
   const status = typeof fe.statusCode === 'number' ? fe.statusCode : 500;
   switch (fe.code) {
     case 'FST_ERR_CTP_BODY_TOO_LARGE':
-      return new StacyError('PAYLOAD_TOO_LARGE', `request body is larger than the limit (server.max_body_bytes)`);
+      return new StacyError(
+        'PAYLOAD_TOO_LARGE',
+        `request body is larger than the limit (server.max_body_bytes)`,
+      );
     case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
       return new StacyError('BAD_REQUEST', `unsupported Content-Type; send application/json`, {
         details: [{ field: 'header.content-type', problem: 'unsupported media type' }],
@@ -89,7 +92,10 @@ export function registerErrorHandling(app: FastifyInstance): void {
     void reply.status(e.status).type('application/json').send(toErrorBody(e, request.id));
   });
   app.setNotFoundHandler((request, reply) => {
-    const e = new StacyError('NOT_FOUND', `no route for ${request.method} ${request.url.split('?')[0] ?? ''}`);
+    const e = new StacyError(
+      'NOT_FOUND',
+      `no route for ${request.method} ${request.url.split('?')[0] ?? ''}`,
+    );
     void reply.status(404).type('application/json').send(toErrorBody(e, request.id));
   });
 }

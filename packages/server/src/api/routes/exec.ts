@@ -7,7 +7,12 @@ import type { ExecEvent } from '../../domain/exec.js';
 import type { SandboxService } from '../../orchestrator/sandbox-service.js';
 import { resolveExecSpec } from '../../orchestrator/request-rules.js';
 import { callContext, clientGoneSignal } from '../context.js';
-import { ErrorBodySchema, ExecBodySchema, ExecResultSchema, SandboxIdParams } from '../schemas/common.js';
+import {
+  ErrorBodySchema,
+  ExecBodySchema,
+  ExecResultSchema,
+  SandboxIdParams,
+} from '../schemas/common.js';
 import type { ExecBody } from '../schemas/common.js';
 import type { Static } from '@sinclair/typebox';
 
@@ -83,7 +88,12 @@ export const execRoutes: FastifyPluginAsyncTypebox<ExecRouteDeps> = async (app, 
       const ctx = callContext(req, signal);
       if (req.body.stream !== true) {
         const r = await sandboxes.exec(req.params.id, spec, ctx);
-        return { exit_code: r.exitCode, stdout: r.stdout, stderr: r.stderr, duration: formatDurationMs(r.durationMs) };
+        return {
+          exit_code: r.exitCode,
+          stdout: r.stdout,
+          stderr: r.stderr,
+          duration: formatDurationMs(r.durationMs),
+        };
       }
       const events = await sandboxes.execStream(req.params.id, spec, ctx);
       const encoder = new ExecEventEncoder(req.params.id);
@@ -96,13 +106,15 @@ export const execRoutes: FastifyPluginAsyncTypebox<ExecRouteDeps> = async (app, 
           if (!signal.aborted) yield `${JSON.stringify(errorLine(err))}\n`;
         }
       }
-      return reply
-        .status(200)
-        .header('content-type', 'application/x-ndjson')
-        .header('cache-control', 'no-cache')
-        .header('x-content-type-options', 'nosniff')
-        // A stream bypasses the 200 JSON schema, which documents the non-streamed reply.
-        .send(Readable.from(lines(), { objectMode: false }) as unknown as ExecResultWire);
+      return (
+        reply
+          .status(200)
+          .header('content-type', 'application/x-ndjson')
+          .header('cache-control', 'no-cache')
+          .header('x-content-type-options', 'nosniff')
+          // A stream bypasses the 200 JSON schema, which documents the non-streamed reply.
+          .send(Readable.from(lines(), { objectMode: false }) as unknown as ExecResultWire)
+      );
     },
   );
 
@@ -121,7 +133,7 @@ export const execRoutes: FastifyPluginAsyncTypebox<ExecRouteDeps> = async (app, 
       },
     },
     (socket: WebSocket, req) => {
-      const { id } = req.params as { id: string };
+      const { id } = req.params;
       const ac = new AbortController();
       socket.on('close', () => ac.abort(new Error('websocket closed')));
       const send = (msg: Record<string, unknown>): void => {
@@ -132,12 +144,21 @@ export const execRoutes: FastifyPluginAsyncTypebox<ExecRouteDeps> = async (app, 
           let body: ExecBody;
           try {
             const parsed: unknown = JSON.parse(raw.toString('utf8'));
-            if (typeof parsed !== 'object' || parsed === null || typeof (parsed as ExecBody).command !== 'string') {
-              throw new StacyError('BAD_REQUEST', 'first message must be an exec request with a "command" string');
+            if (
+              typeof parsed !== 'object' ||
+              parsed === null ||
+              typeof (parsed as ExecBody).command !== 'string'
+            ) {
+              throw new StacyError(
+                'BAD_REQUEST',
+                'first message must be an exec request with a "command" string',
+              );
             }
             body = parsed as ExecBody;
           } catch (err) {
-            const e = isStacyError(err) ? err : new StacyError('BAD_REQUEST', 'first message is not valid JSON');
+            const e = isStacyError(err)
+              ? err
+              : new StacyError('BAD_REQUEST', 'first message is not valid JSON');
             send({ type: 'error', code: e.code, message: e.message });
             socket.close(1007, 'invalid request');
             return;
@@ -149,7 +170,12 @@ export const execRoutes: FastifyPluginAsyncTypebox<ExecRouteDeps> = async (app, 
             for await (const ev of events) {
               for (const msg of encoder.encode(ev)) {
                 if (msg['stream'] === 'exit') {
-                  send({ type: 'exit', exit_code: msg['exit_code'], duration: msg['duration'], timed_out: msg['timed_out'] === true });
+                  send({
+                    type: 'exit',
+                    exit_code: msg['exit_code'],
+                    duration: msg['duration'],
+                    timed_out: msg['timed_out'] === true,
+                  });
                 } else send(msg);
               }
             }

@@ -35,7 +35,9 @@ export const fileRoutes: FastifyPluginAsyncTypebox<FileRouteDeps> = async (app, 
   const { sandboxes } = deps;
 
   // Raw uploads stream straight to the provider; the JSON body limit does not apply.
-  app.addContentTypeParser('application/octet-stream', (_req, payload, done) => done(null, payload));
+  app.addContentTypeParser('application/octet-stream', (_req, payload, done) =>
+    done(null, payload),
+  );
 
   app.post(
     '/sandboxes/:id/files',
@@ -50,7 +52,13 @@ export const fileRoutes: FastifyPluginAsyncTypebox<FileRouteDeps> = async (app, 
     },
     async (req) => {
       const data = decodeContent(req.body.content, req.body.encoding);
-      await sandboxes.writeFile(req.params.id, req.body.path, data, req.body.mode, callContext(req));
+      await sandboxes.writeFile(
+        req.params.id,
+        req.body.path,
+        data,
+        req.body.mode,
+        callContext(req),
+      );
       return { status: 'written' };
     },
   );
@@ -62,7 +70,10 @@ export const fileRoutes: FastifyPluginAsyncTypebox<FileRouteDeps> = async (app, 
         tags: ['files'],
         summary: 'Write a file from a raw application/octet-stream body (streamed; any size)',
         params: SandboxIdParams,
-        querystring: Type.Object({ path: Type.Optional(Type.String()), mode: Type.Optional(Type.String()) }),
+        querystring: Type.Object({
+          path: Type.Optional(Type.String()),
+          mode: Type.Optional(Type.String()),
+        }),
         response: { 200: StatusBodySchema, ...errors },
       },
     },
@@ -111,12 +122,20 @@ export const fileRoutes: FastifyPluginAsyncTypebox<FileRouteDeps> = async (app, 
         tags: ['files'],
         summary: 'Delete a file, or a directory with recursive=true',
         params: SandboxIdParams,
-        querystring: Type.Object({ path: Type.Optional(Type.String()), recursive: Type.Optional(Type.String()) }),
+        querystring: Type.Object({
+          path: Type.Optional(Type.String()),
+          recursive: Type.Optional(Type.String()),
+        }),
         response: { 200: StatusBodySchema, ...errors },
       },
     },
     async (req) => {
-      await sandboxes.deleteFile(req.params.id, req.query.path, req.query.recursive === 'true', callContext(req));
+      await sandboxes.deleteFile(
+        req.params.id,
+        req.query.path,
+        req.query.recursive === 'true',
+        callContext(req),
+      );
       return { status: 'deleted' };
     },
   );
@@ -132,7 +151,8 @@ export const fileRoutes: FastifyPluginAsyncTypebox<FileRouteDeps> = async (app, 
         response: { 200: Type.Array(FileInfoSchema), ...errors },
       },
     },
-    async (req) => (await sandboxes.listFiles(req.params.id, req.query.path, callContext(req))).map(fileToWire),
+    async (req) =>
+      (await sandboxes.listFiles(req.params.id, req.query.path, callContext(req))).map(fileToWire),
   );
 
   app.get(
@@ -145,7 +165,8 @@ export const fileRoutes: FastifyPluginAsyncTypebox<FileRouteDeps> = async (app, 
         response: { 200: FileInfoSchema, ...errors },
       },
     },
-    async (req) => fileToWire(await sandboxes.statFile(req.params.id, req.query.path, callContext(req))),
+    async (req) =>
+      fileToWire(await sandboxes.statFile(req.params.id, req.query.path, callContext(req))),
   );
 
   app.get(
@@ -172,7 +193,12 @@ export const fileRoutes: FastifyPluginAsyncTypebox<FileRouteDeps> = async (app, 
       },
     },
     async (req) => {
-      await sandboxes.moveFile(req.params.id, req.body.old_path, req.body.new_path, callContext(req));
+      await sandboxes.moveFile(
+        req.params.id,
+        req.body.old_path,
+        req.body.new_path,
+        callContext(req),
+      );
       return { status: 'moved' };
     },
   );

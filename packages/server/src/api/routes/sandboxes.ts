@@ -19,7 +19,12 @@ export interface SandboxRouteDeps {
   previewDomain: string;
 }
 
-const errors = { 400: ErrorBodySchema, 404: ErrorBodySchema, 409: ErrorBodySchema, 429: ErrorBodySchema };
+const errors = {
+  400: ErrorBodySchema,
+  404: ErrorBodySchema,
+  409: ErrorBodySchema,
+  429: ErrorBodySchema,
+};
 
 function spawnInput(body: SpawnBody, userHeader: unknown): Parameters<SandboxService['spawn']>[0] {
   const owner = typeof userHeader === 'string' && userHeader !== '' ? userHeader : body.owner_id;
@@ -41,7 +46,13 @@ export const sandboxRoutes: FastifyPluginAsyncTypebox<SandboxRouteDeps> = async 
 
   app.get(
     '/sandboxes',
-    { schema: { tags: ['sandboxes'], summary: 'List live sandboxes, newest first', response: { 200: Type.Array(SandboxSchema) } } },
+    {
+      schema: {
+        tags: ['sandboxes'],
+        summary: 'List live sandboxes, newest first',
+        response: { 200: Type.Array(SandboxSchema) },
+      },
+    },
     async (req) => (await sandboxes.list(callContext(req))).map(wire),
   );
 
@@ -90,7 +101,13 @@ export const sandboxRoutes: FastifyPluginAsyncTypebox<SandboxRouteDeps> = async 
 
   app.get(
     '/sandboxes/:id',
-    { schema: { tags: ['sandboxes'], params: SandboxIdParams, response: { 200: SandboxSchema, 404: ErrorBodySchema } } },
+    {
+      schema: {
+        tags: ['sandboxes'],
+        params: SandboxIdParams,
+        response: { 200: SandboxSchema, 404: ErrorBodySchema },
+      },
+    },
     async (req) => wire(await sandboxes.get(req.params.id, callContext(req))),
   );
 
@@ -154,7 +171,12 @@ export const sandboxRoutes: FastifyPluginAsyncTypebox<SandboxRouteDeps> = async 
     async (req) => {
       const s = await sandboxes.stats(req.params.id, callContext(req));
       if (s === undefined) return { supported: false };
-      return { supported: true, cpu_pct: s.cpuPct, mem_bytes: s.memBytes, mem_limit_bytes: s.memLimitBytes };
+      return {
+        supported: true,
+        cpu_pct: s.cpuPct,
+        mem_bytes: s.memBytes,
+        mem_limit_bytes: s.memLimitBytes,
+      };
     },
   );
 

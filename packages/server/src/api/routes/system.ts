@@ -24,17 +24,23 @@ export const systemRoutes: FastifyPluginAsyncTypebox<SystemRouteDeps> = async (a
 
   app.get(
     '/health',
-    { config: { access: 'public' }, schema: { tags: ['system'], summary: 'Liveness with version' } },
+    {
+      config: { access: 'public' },
+      schema: { tags: ['system'], summary: 'Liveness with version' },
+    },
     async () => ({ status: 'ok', version: system.version, uptime: system.uptime() }),
   );
-  app.get(
-    '/live',
-    { config: { access: 'public' }, schema: { tags: ['system'] } },
-    async () => ({ status: 'alive', version: system.version, uptime: system.uptime() }),
-  );
+  app.get('/live', { config: { access: 'public' }, schema: { tags: ['system'] } }, async () => ({
+    status: 'alive',
+    version: system.version,
+    uptime: system.uptime(),
+  }));
   app.get(
     '/ready',
-    { config: { access: 'public' }, schema: { tags: ['system'], summary: '503 until the store and a provider answer' } },
+    {
+      config: { access: 'public' },
+      schema: { tags: ['system'], summary: '503 until the store and a provider answer' },
+    },
     async (_req, reply) => {
       const r = await system.ready();
       const providers = r.providers.map(providerToWire);
@@ -53,8 +59,10 @@ export const systemRoutes: FastifyPluginAsyncTypebox<SystemRouteDeps> = async (a
   app.get('/providers', { schema: { tags: ['providers'] } }, async () =>
     (await system.providers()).map(providerToWire),
   );
-  app.post('/providers/test', { schema: { tags: ['providers'], summary: 'Run every provider health check now' } }, async () =>
-    system.testProviders(),
+  app.post(
+    '/providers/test',
+    { schema: { tags: ['providers'], summary: 'Run every provider health check now' } },
+    async () => system.testProviders(),
   );
   app.get(
     '/providers/:name',
@@ -72,33 +80,58 @@ export const systemRoutes: FastifyPluginAsyncTypebox<SystemRouteDeps> = async (a
     },
   );
 
-  const listWorkers = async () => (await workers.list()).map((w) => workerToWire(w, workers.isStale(w)));
+  const listWorkers = async () =>
+    (await workers.list()).map((w) => workerToWire(w, workers.isStale(w)));
   const getWorker = async (id: string) => {
     const w = await workers.get(id);
     return workerToWire(w, workers.isStale(w));
   };
   const idParams = Type.Object({ id: Type.String() });
-  app.get('/workers', { schema: { tags: ['workers'], response: { 200: Type.Array(WorkerSchema) } } }, listWorkers);
+  app.get(
+    '/workers',
+    { schema: { tags: ['workers'], response: { 200: Type.Array(WorkerSchema) } } },
+    listWorkers,
+  );
   app.get(
     '/workers/:id',
-    { schema: { tags: ['workers'], params: idParams, response: { 200: WorkerSchema, 404: ErrorBodySchema } } },
+    {
+      schema: {
+        tags: ['workers'],
+        params: idParams,
+        response: { 200: WorkerSchema, 404: ErrorBodySchema },
+      },
+    },
     async (req) => getWorker(req.params.id),
   );
   app.get(
     '/admin/workers',
-    { config: { access: 'admin' }, schema: { tags: ['admin'], response: { 200: Type.Array(WorkerSchema) } } },
+    {
+      config: { access: 'admin' },
+      schema: { tags: ['admin'], response: { 200: Type.Array(WorkerSchema) } },
+    },
     listWorkers,
   );
   app.get(
     '/admin/workers/:id',
-    { config: { access: 'admin' }, schema: { tags: ['admin'], params: idParams, response: { 200: WorkerSchema, 404: ErrorBodySchema } } },
+    {
+      config: { access: 'admin' },
+      schema: {
+        tags: ['admin'],
+        params: idParams,
+        response: { 200: WorkerSchema, 404: ErrorBodySchema },
+      },
+    },
     async (req) => getWorker(req.params.id),
   );
   app.delete(
     '/admin/workers/:id',
     {
       config: { access: 'admin' },
-      schema: { tags: ['admin'], params: idParams, response: { 200: StatusBodySchema, 404: ErrorBodySchema } },
+      schema: {
+        tags: ['admin'],
+        params: idParams,
+        response: { 200: StatusBodySchema, 404: ErrorBodySchema },
+      },
     },
     async (req) => {
       await workers.remove(req.params.id);
@@ -106,8 +139,11 @@ export const systemRoutes: FastifyPluginAsyncTypebox<SystemRouteDeps> = async (a
     },
   );
 
-  app.get('/metrics/prometheus', { schema: { tags: ['system'], summary: 'Prometheus text exposition' } }, async (_req, reply) =>
-    reply.type('text/plain; version=0.0.4; charset=utf-8').send(await system.prometheus()),
+  app.get(
+    '/metrics/prometheus',
+    { schema: { tags: ['system'], summary: 'Prometheus text exposition' } },
+    async (_req, reply) =>
+      reply.type('text/plain; version=0.0.4; charset=utf-8').send(await system.prometheus()),
   );
 
   app.get(
@@ -120,12 +156,16 @@ export const systemRoutes: FastifyPluginAsyncTypebox<SystemRouteDeps> = async (a
           'Each event is `id: evt-N` and `data: <event JSON>`; a `: keep-alive` comment is sent every ' +
           'server.sse_keepalive_interval. Reconnect with Last-Event-ID to replay missed events still in history. ' +
           'Filter with ?sandbox_id= and ?types=a,b.',
-        querystring: Type.Object({ sandbox_id: Type.Optional(Type.String()), types: Type.Optional(Type.String()) }),
+        querystring: Type.Object({
+          sandbox_id: Type.Optional(Type.String()),
+          types: Type.Optional(Type.String()),
+        }),
       },
     },
     (req, reply) => {
       const sandboxFilter = req.query.sandbox_id;
-      const typeFilter = req.query.types === undefined ? undefined : new Set(req.query.types.split(','));
+      const typeFilter =
+        req.query.types === undefined ? undefined : new Set(req.query.types.split(','));
       const wanted = (e: StacyEvent): boolean =>
         (sandboxFilter === undefined || e.sandbox_id === sandboxFilter) &&
         (typeFilter === undefined || typeFilter.has(e.type));
@@ -139,7 +179,9 @@ export const systemRoutes: FastifyPluginAsyncTypebox<SystemRouteDeps> = async (a
         'x-request-id': req.id,
         ...(reply.getHeader('access-control-allow-origin') === undefined
           ? {}
-          : { 'access-control-allow-origin': String(reply.getHeader('access-control-allow-origin')) }),
+          : {
+              'access-control-allow-origin': String(reply.getHeader('access-control-allow-origin')),
+            }),
       });
       res.write(': connected\n\n');
       const write = (e: StacyEvent): void => {

@@ -15,7 +15,9 @@ export const ErrorBodySchema = Type.Object(
 
 export const StatusBodySchema = Type.Object({ status: Type.String() });
 
-export const SandboxIdParams = Type.Object({ id: Type.String({ description: 'Sandbox id, sb- and 8 hex digits.' }) });
+export const SandboxIdParams = Type.Object({
+  id: Type.String({ description: 'Sandbox id, sb- and 8 hex digits.' }),
+});
 
 export const DurationString = (description: string) =>
   Type.String({ description: `${description} Go duration syntax: 30s, 5m, 1h30m.` });
@@ -23,7 +25,9 @@ export const DurationString = (description: string) =>
 export const SandboxSchema = Type.Object(
   {
     id: Type.String(),
-    state: Type.String({ description: 'creating, running, unhealthy, expired, error, destroying, destroyed' }),
+    state: Type.String({
+      description: 'creating, running, unhealthy, expired, error, destroying, destroyed',
+    }),
     provider: Type.String(),
     image: Type.String(),
     memory_mb: Type.Integer(),
@@ -53,7 +57,9 @@ export const SpawnBodySchema = Type.Object(
     template: Type.Optional(Type.String()),
     owner_id: Type.Optional(Type.String({ maxLength: 128 })),
     tenant_id: Type.Optional(Type.String()),
-    metadata: Type.Optional(Type.Record(Type.String({ maxLength: 128 }), Type.String({ maxLength: 4096 }))),
+    metadata: Type.Optional(
+      Type.Record(Type.String({ maxLength: 128 }), Type.String({ maxLength: 4096 })),
+    ),
     ports: Type.Optional(
       Type.Array(Type.Integer({ minimum: 1, maximum: 65535 }), {
         maxItems: 64,
@@ -65,7 +71,9 @@ export const SpawnBodySchema = Type.Object(
 );
 export type SpawnBody = Static<typeof SpawnBodySchema>;
 
-export const ExtendBodySchema = Type.Object({ ttl: Type.Optional(DurationString('New lifetime from now.')) });
+export const ExtendBodySchema = Type.Object({
+  ttl: Type.Optional(DurationString('New lifetime from now.')),
+});
 
 export const ExecBodySchema = Type.Object({
   command: Type.String({ description: 'Shell script (shell mode) or program (argv mode).' }),
@@ -74,7 +82,9 @@ export const ExecBodySchema = Type.Object({
   env: Type.Optional(Type.Record(Type.String(), Type.String())),
   workdir: Type.Optional(Type.String()),
   timeout: Type.Optional(DurationString('Deadline; the process is killed when it passes.')),
-  stream: Type.Optional(Type.Boolean({ description: 'Stream NDJSON chunks instead of one JSON result.' })),
+  stream: Type.Optional(
+    Type.Boolean({ description: 'Stream NDJSON chunks instead of one JSON result.' }),
+  ),
 });
 export type ExecBody = Static<typeof ExecBodySchema>;
 
@@ -100,7 +110,9 @@ export const FileInfoSchema = Type.Object(
 export const WriteFileBodySchema = Type.Object({
   path: Type.String(),
   content: Type.String({ description: 'Text, or base64 when encoding is "base64".' }),
-  encoding: Type.Optional(Type.Union([Type.Literal('utf8'), Type.Literal('utf-8'), Type.Literal('base64')])),
+  encoding: Type.Optional(
+    Type.Union([Type.Literal('utf8'), Type.Literal('utf-8'), Type.Literal('base64')]),
+  ),
   mode: Type.Optional(Type.Union([Type.String(), Type.Integer()])),
 });
 export type WriteFileBody = Static<typeof WriteFileBodySchema>;

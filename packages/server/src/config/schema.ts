@@ -1,0 +1,474 @@
+/**
+ * The one configuration schema of StacyVM. Defaults, types, validation
+ * bounds, the `STACYVM_*` env-var mapping and the generated reference
+ * (docs/configuration.md) all come from here, so they cannot disagree.
+ *
+ * Key names and Go-duration syntax follow the Go original so that existing
+ * `stacyvm.yaml` files keep working.
+ */
+import {
+  Type,
+  KindGuard,
+  type Static,
+  type TLiteral,
+  type TSchema,
+  type TString,
+  type TUnion,
+} from '@sinclair/typebox';
+
+/** Schema option marking a string leaf as a Go duration, with its lower bound. */
+const DURATION_MARK = 'x-stacy-duration';
+
+/** Lower bound of a duration key: `positive` refuses `0s`, `non-negative` accepts it. */
+export type DurationBound = 'positive' | 'non-negative';
+
+function str(def: string, description: string, options: { minLength?: number } = {}): TString {
+  return Type.String({ default: def, description, ...options });
+}
+
+function duration(
+  def: string,
+  description: string,
+  bound: DurationBound = 'non-negative',
+): TString {
+  return Type.String({ default: def, description, [DURATION_MARK]: bound });
+}
+
+function int(def: number, description: string, range: { minimum?: number; maximum?: number }) {
+  return Type.Integer({ default: def, description, ...range });
+}
+
+function bool(def: boolean, description: string) {
+  return Type.Boolean({ default: def, description });
+}
+
+function list(def: string[], description: string) {
+  return Type.Array(Type.String(), { default: def, description });
+}
+
+type Literals<T extends string[]> = { [K in keyof T]: TLiteral<T[K]> };
+
+function oneOf<const T extends [string, ...string[]]>(
+  values: T,
+  def: T[number],
+  description: string,
+): TUnion<Literals<T>> {
+  // The casts only restore the literal tuple type that `map` widens.
+  const members = values.map((v) => Type.Literal(v));
+  return Type.Union(members, { default: def, description }) as unknown as TUnion<Literals<T>>;
+}
+
+/** Accepted `database.driver` values (`sqlite3`/`postgresql` are Go-era aliases). */
+export const DATABASE_DRIVERS = ['sqlite', 'sqlite3', 'postgres', 'postgresql'] as const;
+/** Accepted `logging.level` values (pino levels). */
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
+/** Accepted `providers.default` values. */
+export const DEFAULT_PROVIDERS = ['auto', 'mock', 'docker'] as const;
+
+const ServerSection = Type.Object(
+  {
+    host: str(
+      '127.0.0.1',
+      'Address the HTTP API listens on. Loopback by default; a non-loopback address needs auth.api_key or server.allow_insecure_bind.',
+      { minLength: 1 },
+    ),
+    port: int(7423, 'TCP port of the HTTP API.', { minimum: 1, maximum: 65535 }),
+    preview_domain: str(
+      'localhost',
+      'Domain of preview URLs: http://{port}-{sandbox_id}.{preview_domain}.',
+    ),
+    cors_allowed_origins: list(
+      ['*'],
+      'Origins allowed to call the API from a browser: "*" or http(s)://host[:port] without a path. An empty list allows no cross-origin calls.',
+    ),
+    allow_insecure_bind: bool(
+      false,
+      'Allow listening on a non-loopback address while no auth.api_key is set (anyone who can reach the port can run commands).',
+    ),
+    max_body_bytes: int(16777216, 'Largest accepted request body, in bytes.', { minimum: 1 }),
+    shutdown_timeout: duration(
+      '30s',
+      'How long a graceful shutdown waits for in-flight requests before closing them.',
+    ),
+    sse_keepalive_interval: duration(
+      '15s',
+      'Interval of keep-alive comments on server-sent event streams, so proxies do not cut idle streams.',
+      'positive',
+    ),
+    reaper_interval: duration(
+      '30s',
+      'How often expired sandboxes are destroyed and worker liveness is swept.',
+      'positive',
+    ),
+  },
+  { description: 'HTTP API of the control plane.' },
+);
+
+const DatabaseSection = Type.Object(
+  {
+    driver: oneOf([...DATABASE_DRIVERS], 'sqlite', 'Store backend.'),
+    path: str(
+      'stacyvm.db',
+      'SQLite database file (sqlite driver). A relative path is relative to the working directory.',
+    ),
+    dsn: str(
+      '',
+      'PostgreSQL connection string, e.g. postgres://user:pass@host:5432/stacyvm (postgres driver).',
+    ),
+    dsn_file: str('', 'File holding database.dsn (trimmed). Mutually exclusive with database.dsn.'),
+  },
+  { description: 'Where the control plane keeps its state.' },
+);
+
+const MockProvider = Type.Object(
+  {
+    enabled: bool(
+      true,
+      'Enable the mock provider. It runs commands directly on the host in a temporary directory, without isolation: for development only.',
+    ),
+    base_dir: str(
+      '',
+      'Directory holding mock sandbox workspaces. Empty means the OS temporary directory.',
+    ),
+  },
+  { description: 'The mock provider (host execution, no isolation).' },
+);
+
+const DockerProvider = Type.Object(
+  {
+    enabled: bool(true, 'Enable the Docker provider.'),
+    socket: str(
+      '',
+      'Docker Engine endpoint (unix socket path or URL). Empty means DOCKER_HOST or the platform default.',
+    ),
+    runtime: str('runc', 'OCI runtime for sandbox containers (e.g. runc, runsc for gVisor).'),
+    default_image: str('alpine:latest', 'Image used when a spawn names none.'),
+    network_mode: str('bridge', 'Docker network mode of sandbox containers.'),
+    seccomp_profile: str(
+      'default',
+      'Seccomp profile: "default" (Docker\'s), a profile file path, or "unconfined" (not recommended).',
+    ),
+    read_only_rootfs: bool(false, 'Mount the container root filesystem read-only.'),
+    memory: str('512m', 'Memory limit per container in Docker syntax (e.g. 512m, 2g).'),
+    cpus: Type.Number({ default: 1, description: 'CPU limit per container.', minimum: 0 }),
+    pids_limit: int(256, 'Process limit per container (0 = unlimited).', { minimum: 0 }),
+    user: str(
+      '',
+      'User the sandbox process runs as (e.g. 1000:1000). Empty means the image default.',
+    ),
+    dropped_caps: list(['ALL'], 'Linux capabilities dropped from sandbox containers.'),
+    added_caps: list([], 'Linux capabilities added back to sandbox containers.'),
+  },
+  { description: 'The Docker provider.' },
+);
+
+const ProvidersSection = Type.Object(
+  {
+    default: oneOf(
+      [...DEFAULT_PROVIDERS],
+      'auto',
+      'Provider used when a spawn names none. "auto" picks docker when its daemon answers, else mock.',
+    ),
+    mock: MockProvider,
+    docker: DockerProvider,
+  },
+  { description: 'Sandbox backends.' },
+);
+
+const DefaultsSection = Type.Object(
+  {
+    ttl: duration('30m', 'Lifetime of a sandbox when the spawn request sets none.', 'positive'),
+    image: str('alpine:latest', 'Image of a sandbox when the spawn request sets none.'),
+    memory_mb: int(1024, 'Memory of a sandbox in MiB when the spawn request sets none.', {
+      minimum: 1,
+    }),
+    vcpus: int(1, 'Virtual CPUs of a sandbox when the spawn request sets none.', { minimum: 1 }),
+    max_ttl: duration(
+      '24h',
+      'Longest lifetime a sandbox may be given or extended to (0s = no limit).',
+    ),
+    default_exec_timeout: duration(
+      '0s',
+      'Timeout of an exec that sets none (0s = use defaults.max_exec_timeout).',
+    ),
+    max_exec_timeout: duration('10m', 'Longest timeout an exec may ask for.', 'positive'),
+    max_sandboxes: int(0, 'Most live sandboxes in total (0 = unlimited).', { minimum: 0 }),
+    max_sandboxes_per_owner: int(0, 'Most live sandboxes per owner (0 = unlimited).', {
+      minimum: 0,
+    }),
+  },
+  { description: 'Spawn defaults and admission limits.' },
+);
+
+const AuthSection = Type.Object(
+  {
+    api_key: str(
+      '',
+      'Key accepted in X-API-Key for sandbox routes. Empty disables API authentication.',
+    ),
+    api_key_file: str(
+      '',
+      'File holding auth.api_key (trimmed). Mutually exclusive with auth.api_key.',
+    ),
+    admin_api_key: str('', 'Key accepted in X-Admin-API-Key for admin routes.'),
+    admin_api_key_file: str(
+      '',
+      'File holding auth.admin_api_key (trimmed). Mutually exclusive with auth.admin_api_key.',
+    ),
+    admin_fallback_enabled: bool(
+      true,
+      'When no admin key is set, accept the regular API key on admin routes.',
+    ),
+    worker_token: str(
+      '',
+      'Shared token between the control plane and its workers (worker RPC and heartbeats).',
+    ),
+    worker_token_file: str(
+      '',
+      'File holding auth.worker_token (trimmed). Mutually exclusive with auth.worker_token.',
+    ),
+  },
+  { description: 'API keys and worker credentials.' },
+);
+
+const LoggingSection = Type.Object(
+  {
+    level: oneOf([...LOG_LEVELS], 'info', 'Lowest level written to the log.'),
+    format: oneOf(['json', 'pretty'], 'json', 'Log format: json lines, or pretty for a console.'),
+  },
+  { description: 'Logging.' },
+);
+
+const WorkerSection = Type.Object(
+  {
+    id: str('', 'Worker id in the registry. Empty means the host name.'),
+    control_plane_url: str(
+      'http://localhost:7423',
+      'Base URL of the control plane the worker registers with.',
+    ),
+    listen_addr: str(
+      '',
+      'host:port the worker RPC server listens on. Empty means no RPC server (the worker cannot receive sandboxes).',
+    ),
+    advertise_addr: str(
+      '',
+      'Address the control plane uses to reach this worker. Empty means derived from worker.listen_addr.',
+    ),
+    preview_domain: str(
+      '',
+      'Preview domain of sandboxes on this worker. Empty means server.preview_domain.',
+    ),
+    heartbeat_interval: duration(
+      '30s',
+      'How often the worker reports to the control plane.',
+      'positive',
+    ),
+    shutdown_timeout: duration(
+      '30s',
+      'How long a stopping worker drains before it gives up on running work.',
+    ),
+  },
+  { description: 'The worker process (`stacyvm worker`).' },
+);
+
+/** The whole configuration document. */
+export const StacyConfigSchema = Type.Object(
+  {
+    server: ServerSection,
+    database: DatabaseSection,
+    providers: ProvidersSection,
+    defaults: DefaultsSection,
+    auth: AuthSection,
+    logging: LoggingSection,
+    worker: WorkerSection,
+  },
+  { description: 'StacyVM configuration.' },
+);
+
+/** A fully resolved configuration: every key present, durations kept as Go strings. */
+export type StacyConfig = Static<typeof StacyConfigSchema>;
+
+/**
+ * Keys holding secrets. Redaction, the reference doc and lint all read this
+ * one set, so a new secret is marked once.
+ */
+export const SECRET_PATHS: ReadonlySet<string> = new Set([
+  'auth.api_key',
+  'auth.admin_api_key',
+  'auth.worker_token',
+  'database.dsn',
+]);
+
+/** Secret key → the key naming a file it can be read from instead. */
+export const SECRET_FILE_KEYS: Readonly<Record<string, string>> = {
+  'auth.api_key': 'auth.api_key_file',
+  'auth.admin_api_key': 'auth.admin_api_key_file',
+  'auth.worker_token': 'auth.worker_token_file',
+  'database.dsn': 'database.dsn_file',
+};
+
+/** How a leaf value is typed and parsed (from YAML or from an env var). */
+export type ConfigValueKind =
+  'string' | 'duration' | 'enum' | 'integer' | 'number' | 'boolean' | 'string-list';
+
+/** A leaf value of the configuration. */
+export type ConfigValue = string | number | boolean | string[];
+
+/** One leaf key of the schema, flattened for loading, docs and tooling. */
+export interface ConfigKeyInfo {
+  /** Dotted path, e.g. `server.port`. */
+  path: string;
+  /** The env var that overrides it, e.g. `STACYVM_SERVER_PORT`. */
+  envVar: string;
+  kind: ConfigValueKind;
+  default: ConfigValue;
+  description: string;
+  /** Whether the value is a secret (redacted in output). */
+  secret: boolean;
+  /** Allowed values of an `enum` key. */
+  values?: readonly string[];
+  minimum?: number;
+  maximum?: number;
+  minLength?: number;
+  /** Lower bound of a `duration` key. */
+  durationBound?: DurationBound;
+}
+
+/** One top-level section of the schema. */
+export interface ConfigSectionInfo {
+  name: string;
+  description: string;
+}
+
+/** The env var overriding a dotted key: `server.port` → `STACYVM_SERVER_PORT`. */
+export function envVarFor(path: string): string {
+  return `STACYVM_${path.toUpperCase().replace(/\./g, '_')}`;
+}
+
+function describe(schema: TSchema, path: string): string {
+  const description: unknown = schema.description;
+  if (typeof description !== 'string' || description === '') {
+    throw new Error(`config schema: ${path} has no description`);
+  }
+  return description;
+}
+
+function leafInfo(schema: TSchema, path: string): ConfigKeyInfo {
+  const base = {
+    path,
+    envVar: envVarFor(path),
+    description: describe(schema, path),
+    secret: SECRET_PATHS.has(path),
+  };
+  const def: unknown = schema.default;
+  if (KindGuard.IsString(schema) && typeof def === 'string') {
+    const bound: unknown = schema[DURATION_MARK];
+    if (bound === 'positive' || bound === 'non-negative') {
+      return { ...base, kind: 'duration', default: def, durationBound: bound };
+    }
+    const info: ConfigKeyInfo = { ...base, kind: 'string', default: def };
+    if (schema.minLength !== undefined) info.minLength = schema.minLength;
+    return info;
+  }
+  if ((KindGuard.IsInteger(schema) || KindGuard.IsNumber(schema)) && typeof def === 'number') {
+    const info: ConfigKeyInfo = {
+      ...base,
+      kind: KindGuard.IsInteger(schema) ? 'integer' : 'number',
+      default: def,
+    };
+    if (typeof schema.minimum === 'number') info.minimum = schema.minimum;
+    if (typeof schema.maximum === 'number') info.maximum = schema.maximum;
+    return info;
+  }
+  if (KindGuard.IsBoolean(schema) && typeof def === 'boolean') {
+    return { ...base, kind: 'boolean', default: def };
+  }
+  if (
+    KindGuard.IsArray(schema) &&
+    KindGuard.IsString(schema.items) &&
+    Array.isArray(def) &&
+    def.every((v) => typeof v === 'string')
+  ) {
+    return { ...base, kind: 'string-list', default: [...def] };
+  }
+  if (KindGuard.IsUnion(schema) && typeof def === 'string') {
+    const values = schema.anyOf.map((member) => {
+      if (!KindGuard.IsLiteralString(member)) {
+        throw new Error(`config schema: ${path} mixes non-string literals`);
+      }
+      return member.const;
+    });
+    return { ...base, kind: 'enum', default: def, values };
+  }
+  throw new Error(`config schema: ${path} has an unsupported type or no default`);
+}
+
+function collectLeaves(schema: TSchema, prefix: string, out: ConfigKeyInfo[]): void {
+  if (KindGuard.IsObject(schema)) {
+    for (const [key, child] of Object.entries(schema.properties)) {
+      collectLeaves(child, prefix === '' ? key : `${prefix}.${key}`, out);
+    }
+    return;
+  }
+  out.push(leafInfo(schema, prefix));
+}
+
+function buildKeys(): ConfigKeyInfo[] {
+  const out: ConfigKeyInfo[] = [];
+  collectLeaves(StacyConfigSchema, '', out);
+  return out;
+}
+
+/** Every leaf key in schema order, with its type, default, env var and description. */
+export const CONFIG_KEYS: readonly ConfigKeyInfo[] = buildKeys();
+
+const KEYS_BY_PATH: ReadonlyMap<string, ConfigKeyInfo> = new Map(
+  CONFIG_KEYS.map((k) => [k.path, k]),
+);
+
+/** The leaf key at a dotted path, if the schema has one. */
+export function configKey(path: string): ConfigKeyInfo | undefined {
+  return KEYS_BY_PATH.get(path);
+}
+
+/** The top-level sections in schema order. */
+export const CONFIG_SECTIONS: readonly ConfigSectionInfo[] = Object.entries(
+  StacyConfigSchema.properties,
+).map(([name, schema]) => ({ name, description: describe(schema, name) }));
+
+/** Sets a dotted path on a plain object tree, creating sections as needed. */
+export function setConfigPath(target: Record<string, unknown>, path: string, value: unknown): void {
+  const parts = path.split('.');
+  let node = target;
+  for (const part of parts.slice(0, -1)) {
+    const next = node[part];
+    if (typeof next === 'object' && next !== null && !Array.isArray(next)) {
+      node = next as Record<string, unknown>;
+    } else {
+      const created: Record<string, unknown> = {};
+      node[part] = created;
+      node = created;
+    }
+  }
+  node[parts[parts.length - 1] ?? path] = value;
+}
+
+/** Reads a dotted path from a plain object tree. */
+export function getConfigPath(source: unknown, path: string): unknown {
+  let node: unknown = source;
+  for (const part of path.split('.')) {
+    if (typeof node !== 'object' || node === null || Array.isArray(node)) return undefined;
+    node = (node as Record<string, unknown>)[part];
+  }
+  return node;
+}
+
+/** A fresh configuration holding every default. */
+export function defaultConfig(): StacyConfig {
+  const out: Record<string, unknown> = {};
+  for (const key of CONFIG_KEYS) {
+    setConfigPath(out, key.path, Array.isArray(key.default) ? [...key.default] : key.default);
+  }
+  // Built from the same schema walk that defines StacyConfig's shape.
+  return out as StacyConfig;
+}
