@@ -81,10 +81,7 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
   const { config, logger } = o;
   const clock = o.clock ?? systemClock;
   const store = await createStore({
-    driver:
-      config.database.driver === 'postgres' || config.database.driver === 'postgresql'
-        ? 'postgres'
-        : 'sqlite',
+    driver: databaseDialect(config),
     path: config.database.path,
     dsn: config.database.dsn,
   });

@@ -96,7 +96,9 @@ export function buildProgram(): Command {
   program
     .name('stacyvm')
     .description('StacyVM: self-hosted sandboxes. `stacyvm serve` runs the control plane.')
-    .showHelpAfterError();
+    .showHelpAfterError()
+    // Before any subcommand exists, so every subcommand inherits it (usage errors exit 2).
+    .exitOverride();
 
   program
     .command('serve')
@@ -147,10 +149,7 @@ export function buildProgram(): Command {
     try {
       const { config: cfg } = load(opts.config);
       const store = await createStore({
-        driver:
-          cfg.database.driver === 'postgres' || cfg.database.driver === 'postgresql'
-            ? 'postgres'
-            : 'sqlite',
+        driver: databaseDialect(cfg),
         path: cfg.database.path,
         dsn: cfg.database.dsn,
       });
@@ -186,8 +185,13 @@ export function buildProgram(): Command {
   return program;
 }
 
+// `stacyvm exec ... | head -1` closes stdout early: that is not an error of ours.
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+  throw err;
+});
+
 const program = buildProgram();
-program.exitOverride();
 try {
   await program.parseAsync(process.argv);
 } catch (err) {

@@ -1,0 +1,785 @@
+import { sql } from 'kysely';
+import type {
+  ColumnType,
+  Expression,
+  ExpressionBuilder,
+  Generated,
+  Insertable,
+  Kysely,
+  Selectable,
+  SqlBool,
+  Updateable,
+} from 'kysely';
+import { systemClock } from '../domain/clock.js';
+import type { Clock } from '../domain/clock.js';
+import { StacyError, badRequest, conflict, internalError, unavailable } from '../domain/errors.js';
+import type { Lease, LeaseToken } from '../domain/lease.js';
+import { isSandboxState } from '../domain/sandbox.js';
+import type { SandboxRecord, SandboxState } from '../domain/sandbox.js';
+import type { WorkerRecord } from '../domain/worker.js';
+import { readSchemaVersion, runMigrations } from './migrations.js';
+import type { SchemaDialect } from './migrations.js';
+import type {
+  AcquireLeaseOptions,
+  AuditEntry,
+  AuditFilter,
+  AuditStore,
+  ExecLogEntry,
+  ExecLogStore,
+  LeaseStore,
+  SandboxListFilter,
+  SandboxPatch,
+  SandboxStore,
+  Store,
+  WorkerHeartbeat,
+  WorkerStore,
+} from './store.js';
+
+// BIGINT columns come back as numbers from SQLite and as strings from
+// Postgres, so every mapper converts with Number().
+type Millis = ColumnType<number | string, number, number>;
+type BigCount = ColumnType<number | string, number, number>;
+/** 0/1 integer: portable across dialects (see migrations.ts). */
+type Flag = ColumnType<number | string, number, number>;
+type AutoId = ColumnType<number | string, never, never>;
+
+/** Row of `sandboxes`. Row shapes are internal to the store layer. */
+export interface SandboxesTable {
+  id: string;
+  state: string;
+  provider: string;
+  image: string;
+  memory_mb: number;
+  vcpus: number;
+  owner_id: string;
+  tenant_id: string;
+  vm_id: string;
+  worker_id: string;
+  metadata: string;
+  ports: string;
+  created_at: Millis;
+  updated_at: Millis;
+  expires_at: Millis;
+}
+
+/** Row of `workers`. */
+export interface WorkersTable {
+  id: string;
+  hostname: string;
+  status: string;
+  providers: string;
+  capabilities: string;
+  capacity: string;
+  last_heartbeat: Millis;
+  created_at: Millis;
+  updated_at: Millis;
+}
+
+/** Row of `leases`; released leases keep their row (holder '', expiry 0). */
+export interface LeasesTable {
+  resource_id: string;
+  resource_type: string;
+  holder_id: string;
+  generation: BigCount;
+  expires_at: Millis;
+  created_at: Millis;
+  updated_at: Millis;
+}
+
+/** Row of `exec_logs`. */
+export interface ExecLogsTable {
+  id: Generated<AutoId>;
+  sandbox_id: string;
+  command: string;
+  args: string;
+  mode: string;
+  exit_code: number;
+  stdout: string;
+  stderr: string;
+  truncated: Flag;
+  duration_ms: Millis;
+  timed_out: Flag;
+  streamed: Flag;
+  created_at: Millis;
+}
+
+/** Row of `audit_events`. */
+export interface AuditEventsTable {
+  id: Generated<AutoId>;
+  actor: string;
+  action: string;
+  sandbox_id: string;
+  resource: string;
+  status: string;
+  detail: string;
+  request_id: string;
+  created_at: Millis;
+}
+
+/** The Kysely database type of the store schema. */
+export interface StoreDatabase {
+  sandboxes: SandboxesTable;
+  workers: WorkersTable;
+  leases: LeasesTable;
+  exec_logs: ExecLogsTable;
+  audit_events: AuditEventsTable;
+}
+
+/** How a dialect classifies a driver error, so one store can word it. */
+export type DriverErrorKind = 'unique-violation' | 'busy' | 'other';
+
+/**
+ * Everything that differs between SQL dialects, supplied by the dialect
+ * folder (`sqlite/`, later `postgres/`). Queries never branch on it.
+ */
+export interface StoreDialectAdapter extends SchemaDialect {
+  readonly name: Store['dialect'];
+  classifyError(err: unknown): DriverErrorKind;
+}
+
+/** Options of {@link KyselyStore}. */
+export interface KyselyStoreOptions {
+  /** Default time for operations that take an optional `nowMs`. */
+  clock?: Clock;
+}
+
+/** Longest `detail` kept for an audit entry. */
+export const AUDIT_DETAIL_MAX_CHARS = 2048;
+/** Rows an audit or exec-log listing returns when no positive limit is given. */
+export const DEFAULT_LIST_LIMIT = 100;
+/** Upper bound on the rows one audit or exec-log listing returns. */
+export const MAX_LIST_LIMIT = 1000;
+
+type Run = <T>(
+  op: string,
+  fn: (db: Kysely<StoreDatabase>) => Promise<T>,
+  onUnique?: () => StacyError,
+) => Promise<T>;
+
+function clampLimit(limit: number | undefined): number {
+  if (limit === undefined || !Number.isFinite(limit) || limit <= 0) return DEFAULT_LIST_LIMIT;
+  return Math.min(Math.floor(limit), MAX_LIST_LIMIT);
+}
+
+function parseJson(column: string, text: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (err) {
+    throw internalError(`stored ${column} is not valid JSON`, err);
+  }
+}
+
+function jsonObject(column: string, text: string): Record<string, unknown> {
+  const v = parseJson(column, text);
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) {
+    throw internalError(`stored ${column} is not a JSON object`);
+  }
+  return v as Record<string, unknown>;
+}
+
+function jsonStringMap(column: string, text: string): Record<string, string> {
+  const obj = jsonObject(column, text);
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(obj)) out[k] = typeof v === 'string' ? v : String(v);
+  return out;
+}
+
+function jsonArray<T>(column: string, text: string, check: (v: unknown) => v is T): T[] {
+  const v = parseJson(column, text);
+  if (!Array.isArray(v) || !v.every(check)) {
+    throw internalError(`stored ${column} is not the expected JSON array`);
+  }
+  return v;
+}
+
+const isString = (v: unknown): v is string => typeof v === 'string';
+const isNumber = (v: unknown): v is number => typeof v === 'number';
+const flag = (v: number | string): boolean => Number(v) !== 0;
+
+function toSandbox(row: Selectable<SandboxesTable>): SandboxRecord {
+  if (!isSandboxState(row.state)) {
+    throw internalError(`sandbox ${row.id} has an unknown stored state "${row.state}"`);
+  }
+  return {
+    id: row.id,
+    state: row.state,
+    provider: row.provider,
+    image: row.image,
+    memoryMb: Number(row.memory_mb),
+    vcpus: Number(row.vcpus),
+    ownerId: row.owner_id,
+    tenantId: row.tenant_id,
+    vmId: row.vm_id,
+    workerId: row.worker_id,
+    metadata: jsonStringMap('sandboxes.metadata', row.metadata),
+    ports: jsonArray('sandboxes.ports', row.ports, isNumber),
+    createdAtMs: Number(row.created_at),
+    updatedAtMs: Number(row.updated_at),
+    expiresAtMs: Number(row.expires_at),
+  };
+}
+
+function toWorker(row: Selectable<WorkersTable>): WorkerRecord {
+  return {
+    id: row.id,
+    hostname: row.hostname,
+    status: row.status,
+    providers: jsonArray('workers.providers', row.providers, isString),
+    capabilities: jsonArray('workers.capabilities', row.capabilities, isString),
+    capacity: jsonObject('workers.capacity', row.capacity),
+    lastHeartbeatMs: Number(row.last_heartbeat),
+    createdAtMs: Number(row.created_at),
+    updatedAtMs: Number(row.updated_at),
+  };
+}
+
+function toLease(row: Selectable<LeasesTable>): Lease {
+  return {
+    resourceId: row.resource_id,
+    resourceType: row.resource_type,
+    holderId: row.holder_id,
+    generation: Number(row.generation),
+    expiresAtMs: Number(row.expires_at),
+  };
+}
+
+function toExecLog(row: Selectable<ExecLogsTable>): ExecLogEntry {
+  return {
+    id: Number(row.id),
+    sandboxId: row.sandbox_id,
+    command: row.command,
+    args: jsonArray('exec_logs.args', row.args, isString),
+    mode: row.mode,
+    exitCode: Number(row.exit_code),
+    stdout: row.stdout,
+    stderr: row.stderr,
+    truncated: flag(row.truncated),
+    durationMs: Number(row.duration_ms),
+    timedOut: flag(row.timed_out),
+    streamed: flag(row.streamed),
+    createdAtMs: Number(row.created_at),
+  };
+}
+
+function toAudit(row: Selectable<AuditEventsTable>): AuditEntry {
+  return {
+    id: Number(row.id),
+    actor: row.actor,
+    action: row.action,
+    sandboxId: row.sandbox_id,
+    resource: row.resource,
+    status: row.status === 'success' ? 'success' : 'failure',
+    detail: row.detail,
+    requestId: row.request_id,
+    createdAtMs: Number(row.created_at),
+  };
+}
+
+function sandboxRow(rec: SandboxRecord): Insertable<SandboxesTable> {
+  return {
+    id: rec.id,
+    state: rec.state,
+    provider: rec.provider,
+    image: rec.image,
+    memory_mb: rec.memoryMb,
+    vcpus: rec.vcpus,
+    owner_id: rec.ownerId,
+    tenant_id: rec.tenantId,
+    vm_id: rec.vmId,
+    worker_id: rec.workerId,
+    metadata: JSON.stringify(rec.metadata),
+    ports: JSON.stringify(rec.ports),
+    created_at: rec.createdAtMs,
+    updated_at: rec.updatedAtMs,
+    expires_at: rec.expiresAtMs,
+  };
+}
+
+function patchColumns(patch: SandboxPatch | undefined): Updateable<SandboxesTable> {
+  const set: Updateable<SandboxesTable> = {};
+  if (patch === undefined) return set;
+  if (patch.expiresAtMs !== undefined) set.expires_at = patch.expiresAtMs;
+  if (patch.vmId !== undefined) set.vm_id = patch.vmId;
+  if (patch.workerId !== undefined) set.worker_id = patch.workerId;
+  if (patch.provider !== undefined) set.provider = patch.provider;
+  return set;
+}
+
+function sandboxWhere(
+  eb: ExpressionBuilder<StoreDatabase, 'sandboxes'>,
+  f: SandboxListFilter,
+): Expression<SqlBool> {
+  const conds: Expression<SqlBool>[] = [];
+  // Explicit states are honoured as given (asking for 'destroyed' gets them).
+  if (f.states !== undefined) conds.push(eb('state', 'in', f.states));
+  else if (f.includeDestroyed !== true) conds.push(eb('state', '!=', 'destroyed'));
+  if (f.workerId !== undefined) conds.push(eb('worker_id', '=', f.workerId));
+  if (f.ownerId !== undefined) conds.push(eb('owner_id', '=', f.ownerId));
+  if (f.tenantId !== undefined) conds.push(eb('tenant_id', '=', f.tenantId));
+  if (f.expiresBeforeMs !== undefined) conds.push(eb('expires_at', '<', f.expiresBeforeMs));
+  return eb.and(conds);
+}
+
+function requireText(field: string, value: string): void {
+  if (value === '') throw badRequest(`${field} must not be empty`);
+}
+
+function requirePositive(field: string, value: number): void {
+  if (!Number.isFinite(value) || value <= 0) throw badRequest(`${field} must be positive`);
+}
+
+const iso = (ms: number): string => new Date(ms).toISOString();
+
+class SqlSandboxStore implements SandboxStore {
+  constructor(
+    private readonly run: Run,
+    private readonly clock: Clock,
+  ) {}
+
+  insert(rec: SandboxRecord): Promise<void> {
+    return this.run(
+      'insert sandbox',
+      async (db) => {
+        await db.insertInto('sandboxes').values(sandboxRow(rec)).execute();
+      },
+      () => conflict(`sandbox ${rec.id} already exists`),
+    );
+  }
+
+  get(id: string): Promise<SandboxRecord | undefined> {
+    return this.run('get sandbox', async (db) => {
+      const row = await db
+        .selectFrom('sandboxes')
+        .selectAll()
+        .where('id', '=', id)
+        .executeTakeFirst();
+      return row === undefined ? undefined : toSandbox(row);
+    });
+  }
+
+  list(filter: SandboxListFilter = {}): Promise<SandboxRecord[]> {
+    if (filter.states?.length === 0) return Promise.resolve([]);
+    return this.run('list sandboxes', async (db) => {
+      let q = db
+        .selectFrom('sandboxes')
+        .selectAll()
+        .where((eb) => sandboxWhere(eb, filter))
+        .orderBy('created_at', 'desc')
+        .orderBy('id', 'desc');
+      if (filter.limit !== undefined && filter.limit > 0) q = q.limit(Math.floor(filter.limit));
+      const rows = await q.execute();
+      return rows.map(toSandbox);
+    });
+  }
+
+  count(filter: SandboxListFilter = {}): Promise<number> {
+    if (filter.states?.length === 0) return Promise.resolve(0);
+    return this.run('count sandboxes', async (db) => {
+      const row = await db
+        .selectFrom('sandboxes')
+        .select((eb) => eb.fn.countAll().as('n'))
+        .where((eb) => sandboxWhere(eb, filter))
+        .executeTakeFirstOrThrow();
+      return Number(row.n);
+    });
+  }
+
+  transition(
+    id: string,
+    from: readonly SandboxState[],
+    to: SandboxState,
+    patch?: SandboxPatch,
+    nowMs?: number,
+  ): Promise<SandboxRecord | undefined> {
+    return this.compareAndSet('transition sandbox', id, from, {
+      ...patchColumns(patch),
+      state: to,
+      updated_at: nowMs ?? this.clock.nowMs(),
+    });
+  }
+
+  update(
+    id: string,
+    states: readonly SandboxState[],
+    patch: SandboxPatch,
+    nowMs?: number,
+  ): Promise<SandboxRecord | undefined> {
+    return this.compareAndSet('update sandbox', id, states, {
+      ...patchColumns(patch),
+      updated_at: nowMs ?? this.clock.nowMs(),
+    });
+  }
+
+  // One statement, so concurrent callers cannot both see the old state.
+  private compareAndSet(
+    op: string,
+    id: string,
+    states: readonly SandboxState[],
+    set: Updateable<SandboxesTable>,
+  ): Promise<SandboxRecord | undefined> {
+    if (states.length === 0) return Promise.resolve(undefined);
+    return this.run(op, async (db) => {
+      const row = await db
+        .updateTable('sandboxes')
+        .set(set)
+        .where('id', '=', id)
+        .where('state', 'in', states)
+        .returningAll()
+        .executeTakeFirst();
+      return row === undefined ? undefined : toSandbox(row);
+    });
+  }
+}
+
+class SqlWorkerStore implements WorkerStore {
+  constructor(private readonly run: Run) {}
+
+  upsertHeartbeat(hb: WorkerHeartbeat, nowMs: number): Promise<WorkerRecord> {
+    requireText('worker id', hb.id);
+    return this.run('upsert worker heartbeat', async (db) => {
+      const row = await db
+        .insertInto('workers')
+        .values({
+          id: hb.id,
+          hostname: hb.hostname,
+          status: hb.status,
+          providers: JSON.stringify(hb.providers),
+          capabilities: JSON.stringify(hb.capabilities),
+          capacity: JSON.stringify(hb.capacity),
+          last_heartbeat: nowMs,
+          created_at: nowMs,
+          updated_at: nowMs,
+        })
+        .onConflict((oc) =>
+          oc.column('id').doUpdateSet((eb) => ({
+            hostname: eb.ref('excluded.hostname'),
+            status: eb.ref('excluded.status'),
+            providers: eb.ref('excluded.providers'),
+            capabilities: eb.ref('excluded.capabilities'),
+            capacity: eb.ref('excluded.capacity'),
+            last_heartbeat: eb.ref('excluded.last_heartbeat'),
+            updated_at: eb.ref('excluded.updated_at'),
+          })),
+        )
+        .returningAll()
+        .executeTakeFirstOrThrow();
+      return toWorker(row);
+    });
+  }
+
+  get(id: string): Promise<WorkerRecord | undefined> {
+    return this.run('get worker', async (db) => {
+      const row = await db
+        .selectFrom('workers')
+        .selectAll()
+        .where('id', '=', id)
+        .executeTakeFirst();
+      return row === undefined ? undefined : toWorker(row);
+    });
+  }
+
+  list(): Promise<WorkerRecord[]> {
+    return this.run('list workers', async (db) => {
+      const rows = await db.selectFrom('workers').selectAll().orderBy('id', 'asc').execute();
+      return rows.map(toWorker);
+    });
+  }
+
+  delete(id: string): Promise<boolean> {
+    return this.run('delete worker', async (db) => {
+      const res = await db.deleteFrom('workers').where('id', '=', id).executeTakeFirst();
+      return Number(res.numDeletedRows) > 0;
+    });
+  }
+
+  setStatus(id: string, status: string, nowMs: number): Promise<boolean> {
+    return this.run('set worker status', async (db) => {
+      const res = await db
+        .updateTable('workers')
+        .set({ status, updated_at: nowMs })
+        .where('id', '=', id)
+        .executeTakeFirst();
+      return Number(res.numUpdatedRows) > 0;
+    });
+  }
+}
+
+class SqlLeaseStore implements LeaseStore {
+  constructor(private readonly run: Run) {}
+
+  acquire(opts: AcquireLeaseOptions): Promise<Lease> {
+    requireText('lease resource id', opts.resourceId);
+    requireText('lease holder id', opts.holderId);
+    requirePositive('lease ttl', opts.ttlMs);
+    const { resourceId, holderId, nowMs } = opts;
+    return this.run('acquire lease', async (db) => {
+      // One upsert statement: the database decides atomically whether the
+      // existing row may be taken, so two acquirers can never both win.
+      const row = await db
+        .insertInto('leases')
+        .values({
+          resource_id: resourceId,
+          resource_type: opts.resourceType,
+          holder_id: holderId,
+          generation: 1,
+          expires_at: nowMs + opts.ttlMs,
+          created_at: nowMs,
+          updated_at: nowMs,
+        })
+        .onConflict((oc) =>
+          oc
+            .column('resource_id')
+            .doUpdateSet((eb) => ({
+              resource_type: eb.ref('excluded.resource_type'),
+              holder_id: eb.ref('excluded.holder_id'),
+              generation: eb('leases.generation', '+', 1),
+              expires_at: eb.ref('excluded.expires_at'),
+              updated_at: eb.ref('excluded.updated_at'),
+            }))
+            .where((eb) =>
+              eb.or([eb('leases.expires_at', '<=', nowMs), eb('leases.holder_id', '=', holderId)]),
+            ),
+        )
+        .returningAll()
+        .executeTakeFirst();
+      if (row !== undefined) return toLease(row);
+      const held = await this.find(db, resourceId);
+      if (held === undefined) throw conflict(`lease on ${resourceId} could not be acquired`);
+      throw conflict(
+        `lease on ${resourceId} is held by ${held.holderId} until ${iso(held.expiresAtMs)}`,
+      );
+    });
+  }
+
+  renew(token: LeaseToken, ttlMs: number, nowMs: number): Promise<Lease> {
+    requirePositive('lease ttl', ttlMs);
+    return this.run('renew lease', async (db) => {
+      const row = await db
+        .updateTable('leases')
+        .set({ expires_at: nowMs + ttlMs, updated_at: nowMs })
+        .where('resource_id', '=', token.resourceId)
+        .where('holder_id', '=', token.holderId)
+        .where('generation', '=', token.generation)
+        .where('expires_at', '>', nowMs)
+        .returningAll()
+        .executeTakeFirst();
+      if (row !== undefined) return toLease(row);
+      // Read only to say why; the decision was the update above.
+      const cur = await this.find(db, token.resourceId);
+      const id = token.resourceId;
+      if (cur === undefined) throw conflict(`lease on ${id} is not held by anyone`);
+      if (cur.holderId !== token.holderId) {
+        const by = cur.holderId === '' ? 'nobody (released)' : cur.holderId;
+        throw conflict(`lease on ${id} is not held by ${token.holderId}; holder is ${by}`);
+      }
+      if (cur.generation !== token.generation) {
+        throw conflict(
+          `lease on ${id} has a stale generation ${token.generation} (current ${cur.generation})`,
+        );
+      }
+      throw conflict(`lease on ${id} held by ${cur.holderId} expired at ${iso(cur.expiresAtMs)}`);
+    });
+  }
+
+  release(token: LeaseToken, nowMs: number): Promise<boolean> {
+    return this.run('release lease', async (db) => {
+      // The row stays so the next acquisition continues the generation count.
+      const res = await db
+        .updateTable('leases')
+        .set({ holder_id: '', expires_at: 0, updated_at: nowMs })
+        .where('resource_id', '=', token.resourceId)
+        .where('holder_id', '=', token.holderId)
+        .where('holder_id', '!=', '')
+        .where('generation', '=', token.generation)
+        .executeTakeFirst();
+      return Number(res.numUpdatedRows) > 0;
+    });
+  }
+
+  get(resourceId: string): Promise<Lease | undefined> {
+    return this.run('get lease', (db) => this.find(db, resourceId));
+  }
+
+  list(): Promise<Lease[]> {
+    return this.run('list leases', async (db) => {
+      const rows = await db.selectFrom('leases').selectAll().orderBy('resource_id').execute();
+      return rows.map(toLease);
+    });
+  }
+
+  private async find(db: Kysely<StoreDatabase>, resourceId: string): Promise<Lease | undefined> {
+    const row = await db
+      .selectFrom('leases')
+      .selectAll()
+      .where('resource_id', '=', resourceId)
+      .executeTakeFirst();
+    return row === undefined ? undefined : toLease(row);
+  }
+}
+
+class SqlExecLogStore implements ExecLogStore {
+  constructor(private readonly run: Run) {}
+
+  append(e: ExecLogEntry): Promise<number> {
+    return this.run('append exec log', async (db) => {
+      const row = await db
+        .insertInto('exec_logs')
+        .values({
+          sandbox_id: e.sandboxId,
+          command: e.command,
+          args: JSON.stringify(e.args),
+          mode: e.mode,
+          exit_code: e.exitCode,
+          stdout: e.stdout,
+          stderr: e.stderr,
+          truncated: e.truncated ? 1 : 0,
+          duration_ms: Math.round(e.durationMs),
+          timed_out: e.timedOut ? 1 : 0,
+          streamed: e.streamed ? 1 : 0,
+          created_at: e.createdAtMs,
+        })
+        .returning('id')
+        .executeTakeFirstOrThrow();
+      return Number(row.id);
+    });
+  }
+
+  list(sandboxId: string, limit: number): Promise<ExecLogEntry[]> {
+    return this.run('list exec logs', async (db) => {
+      const rows = await db
+        .selectFrom('exec_logs')
+        .selectAll()
+        .where('sandbox_id', '=', sandboxId)
+        .orderBy('created_at', 'desc')
+        .orderBy('id', 'desc')
+        .limit(clampLimit(limit))
+        .execute();
+      return rows.map(toExecLog);
+    });
+  }
+}
+
+class SqlAuditStore implements AuditStore {
+  constructor(private readonly run: Run) {}
+
+  append(e: AuditEntry): Promise<number> {
+    return this.run('append audit event', async (db) => {
+      const row = await db
+        .insertInto('audit_events')
+        .values({
+          actor: e.actor,
+          action: e.action,
+          sandbox_id: e.sandboxId,
+          resource: e.resource,
+          status: e.status,
+          detail: e.detail.slice(0, AUDIT_DETAIL_MAX_CHARS),
+          request_id: e.requestId,
+          created_at: e.createdAtMs,
+        })
+        .returning('id')
+        .executeTakeFirstOrThrow();
+      return Number(row.id);
+    });
+  }
+
+  list(filter: AuditFilter = {}): Promise<AuditEntry[]> {
+    return this.run('list audit events', async (db) => {
+      let q = db.selectFrom('audit_events').selectAll();
+      if (filter.sandboxId !== undefined) q = q.where('sandbox_id', '=', filter.sandboxId);
+      if (filter.action !== undefined) q = q.where('action', '=', filter.action);
+      const rows = await q
+        .orderBy('created_at', 'desc')
+        .orderBy('id', 'desc')
+        .limit(clampLimit(filter.limit))
+        .execute();
+      return rows.map(toAudit);
+    });
+  }
+}
+
+/**
+ * The one SQL implementation of {@link Store}. Dialects differ only in how the
+ * Kysely instance is opened and in the {@link StoreDialectAdapter}; every query
+ * here is valid on SQLite (>= 3.35) and Postgres.
+ */
+export class KyselyStore implements Store {
+  readonly dialect: Store['dialect'];
+  readonly sandboxes: SandboxStore;
+  readonly workers: WorkerStore;
+  readonly leases: LeaseStore;
+  readonly execLogs: ExecLogStore;
+  readonly audit: AuditStore;
+  private readonly clock: Clock;
+  private closed = false;
+  private closing: Promise<void> | undefined;
+
+  constructor(
+    private readonly db: Kysely<StoreDatabase>,
+    private readonly adapter: StoreDialectAdapter,
+    options: KyselyStoreOptions = {},
+  ) {
+    this.dialect = adapter.name;
+    this.clock = options.clock ?? systemClock;
+    const run: Run = (op, fn, onUnique) => this.run(op, fn, onUnique);
+    this.sandboxes = new SqlSandboxStore(run, this.clock);
+    this.workers = new SqlWorkerStore(run);
+    this.leases = new SqlLeaseStore(run);
+    this.execLogs = new SqlExecLogStore(run);
+    this.audit = new SqlAuditStore(run);
+  }
+
+  migrate(): Promise<number[]> {
+    return this.run('migrate', (db) =>
+      runMigrations(db as unknown as Kysely<unknown>, this.adapter, this.clock.nowMs()),
+    );
+  }
+
+  schemaVersion(): Promise<number> {
+    return this.run('read schema version', (db) =>
+      readSchemaVersion(db as unknown as Kysely<unknown>, this.adapter),
+    );
+  }
+
+  ping(): Promise<void> {
+    return this.run('ping', async (db) => {
+      await sql`select 1`.execute(db);
+    });
+  }
+
+  close(): Promise<void> {
+    this.closed = true;
+    this.closing ??= this.db.destroy();
+    return this.closing;
+  }
+
+  private async run<T>(
+    op: string,
+    fn: (db: Kysely<StoreDatabase>) => Promise<T>,
+    onUnique?: () => StacyError,
+  ): Promise<T> {
+    if (this.closed) throw unavailable(`store is closed (${op})`);
+    try {
+      return await fn(this.db);
+    } catch (err) {
+      throw this.wrap(op, err, onUnique);
+    }
+  }
+
+  private wrap(op: string, err: unknown, onUnique?: () => StacyError): StacyError {
+    if (err instanceof StacyError) return err;
+    const detail = err instanceof Error ? err.message : String(err);
+    switch (this.adapter.classifyError(err)) {
+      case 'unique-violation': {
+        const e = onUnique?.() ?? new StacyError('CONFLICT', `${op}: record already exists`);
+        return new StacyError(e.code, e.message, { cause: err });
+      }
+      case 'busy':
+        return new StacyError('UNAVAILABLE', `${op}: database is busy, try again`, {
+          cause: err,
+          retryable: true,
+        });
+      case 'other':
+        return internalError(`${op} failed: ${detail}`, err);
+    }
+  }
+}

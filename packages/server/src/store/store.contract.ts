@@ -1,0 +1,594 @@
+import { test as base, describe, expect } from 'vitest';
+import { StacyError } from '../domain/errors.js';
+import type { ErrorCode } from '../domain/errors.js';
+import type { LeaseToken } from '../domain/lease.js';
+import type { SandboxRecord } from '../domain/sandbox.js';
+import { LATEST_SCHEMA_VERSION, MIGRATIONS } from './migrations.js';
+import type { AuditEntry, ExecLogEntry, Store, WorkerHeartbeat } from './store.js';
+
+/** What a dialect hands the contract suite for one test. */
+export interface StoreContractFixture {
+  /** A store over an empty database that has not been migrated yet. */
+  store: Store;
+  /** Removes what the fixture created (files, schemas); runs after close. */
+  cleanup?: () => Promise<void>;
+}
+
+const T0 = Date.UTC(2026, 0, 1);
+const MINUTE = 60_000;
+
+function sandbox(id: string, over: Partial<SandboxRecord> = {}): SandboxRecord {
+  return {
+    id,
+    state: 'running',
+    provider: 'mock',
+    image: 'alpine:3.20',
+    memoryMb: 512,
+    vcpus: 1,
+    ownerId: 'alice',
+    tenantId: '',
+    vmId: `vm-${id}`,
+    workerId: 'local',
+    metadata: { purpose: 'test' },
+    ports: [3000],
+    createdAtMs: T0,
+    updatedAtMs: T0,
+    expiresAtMs: T0 + 10 * MINUTE,
+    ...over,
+  };
+}
+
+function heartbeat(id: string, over: Partial<WorkerHeartbeat> = {}): WorkerHeartbeat {
+  return {
+    id,
+    hostname: `${id}.example`,
+    status: 'online',
+    providers: ['mock'],
+    capabilities: ['exec'],
+    capacity: { max_sandboxes: 10 },
+    ...over,
+  };
+}
+
+function execLog(sandboxId: string, createdAtMs: number, command = 'echo'): ExecLogEntry {
+  return {
+    sandboxId,
+    command,
+    args: ['hi', "it's"],
+    mode: 'argv',
+    exitCode: 0,
+    stdout: 'hi\n',
+    stderr: '',
+    truncated: false,
+    durationMs: 12,
+    timedOut: false,
+    streamed: false,
+    createdAtMs,
+  };
+}
+
+function audit(createdAtMs: number, over: Partial<AuditEntry> = {}): AuditEntry {
+  return {
+    actor: 'alice',
+    action: 'exec',
+    sandboxId: 'sb-00000001',
+    resource: '',
+    status: 'success',
+    detail: 'exit=0',
+    requestId: 'req-1',
+    createdAtMs,
+    ...over,
+  };
+}
+
+async function expectStacyError(
+  promise: Promise<unknown>,
+  code: ErrorCode,
+  message?: RegExp,
+): Promise<StacyError> {
+  const err: unknown = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(StacyError);
+  const se = err as StacyError;
+  expect(se.code).toBe(code);
+  if (message !== undefined) expect(se.message).toMatch(message);
+  return se;
+}
+
+/**
+ * Registers the behaviour every {@link Store} dialect must show, unchanged
+ * across dialects. `makeStore` must return a store over a fresh, empty,
+ * unmigrated database; the suite migrates it where needed and closes it.
+ * Times are passed explicitly, so nothing sleeps.
+ */
+export function describeStoreContract(
+  name: string,
+  makeStore: () => Promise<StoreContractFixture>,
+): void {
+  const test = base.extend<{ fresh: Store; store: Store }>({
+    // eslint-disable-next-line no-empty-pattern
+    fresh: async ({}, use) => {
+      const { store, cleanup } = await makeStore();
+      try {
+        await use(store);
+      } finally {
+        await store.close();
+        await cleanup?.();
+      }
+    },
+    store: async ({ fresh }, use) => {
+      await fresh.migrate();
+      await use(fresh);
+    },
+  });
+
+  describe(`store contract: ${name}`, () => {
+    describe('schema', () => {
+      test('applies every migration once and reports the latest version', async ({ fresh }) => {
+        expect(await fresh.schemaVersion()).toBe(0);
+        expect(await fresh.migrate()).toEqual(MIGRATIONS.map((m) => m.version));
+        expect(await fresh.schemaVersion()).toBe(LATEST_SCHEMA_VERSION);
+        expect(await fresh.migrate()).toEqual([]);
+        expect(await fresh.schemaVersion()).toBe(LATEST_SCHEMA_VERSION);
+      });
+
+      test('answers a ping and closes idempotently, refusing work afterwards', async ({
+        store,
+      }) => {
+        await store.ping();
+        await store.close();
+        await store.close();
+        await expectStacyError(store.sandboxes.get('sb-00000001'), 'UNAVAILABLE', /closed/);
+      });
+    });
+
+    describe('sandboxes', () => {
+      test('round-trips a record through insert and get', async ({ store }) => {
+        const rec = sandbox('sb-00000001', {
+          metadata: { a: '1', 'b c': 'ü' },
+          ports: [3000, 8080],
+          tenantId: 't1',
+        });
+        await store.sandboxes.insert(rec);
+        expect(await store.sandboxes.get(rec.id)).toEqual(rec);
+        expect(await store.sandboxes.get('sb-ffffffff')).toBeUndefined();
+      });
+
+      test('refuses a duplicate id with CONFLICT and keeps the original', async ({ store }) => {
+        await store.sandboxes.insert(sandbox('sb-00000001'));
+        await expectStacyError(
+          store.sandboxes.insert(sandbox('sb-00000001', { image: 'other' })),
+          'CONFLICT',
+          /sb-00000001/,
+        );
+        expect((await store.sandboxes.get('sb-00000001'))?.image).toBe('alpine:3.20');
+      });
+
+      test('lists newest first by creation time, then by id', async ({ store }) => {
+        await store.sandboxes.insert(sandbox('sb-0000000a', { createdAtMs: T0 }));
+        await store.sandboxes.insert(sandbox('sb-0000000b', { createdAtMs: T0 + 1 }));
+        await store.sandboxes.insert(sandbox('sb-0000000c', { createdAtMs: T0 + 1 }));
+        await store.sandboxes.insert(sandbox('sb-0000000d', { createdAtMs: T0 + 2 }));
+        const ids = (await store.sandboxes.list()).map((s) => s.id);
+        expect(ids).toEqual(['sb-0000000d', 'sb-0000000c', 'sb-0000000b', 'sb-0000000a']);
+        const limited = (await store.sandboxes.list({ limit: 2 })).map((s) => s.id);
+        expect(limited).toEqual(['sb-0000000d', 'sb-0000000c']);
+      });
+
+      test('hides destroyed records from lists and counts unless asked, but get still finds them', async ({
+        store,
+      }) => {
+        await store.sandboxes.insert(sandbox('sb-00000001'));
+        await store.sandboxes.insert(sandbox('sb-00000002', { state: 'destroyed' }));
+        expect((await store.sandboxes.list()).map((s) => s.id)).toEqual(['sb-00000001']);
+        expect(await store.sandboxes.count()).toBe(1);
+        expect(await store.sandboxes.count({ includeDestroyed: true })).toBe(2);
+        expect(await store.sandboxes.list({ includeDestroyed: true })).toHaveLength(2);
+        expect(await store.sandboxes.list({ states: ['destroyed'] })).toHaveLength(1);
+        expect((await store.sandboxes.get('sb-00000002'))?.state).toBe('destroyed');
+      });
+
+      test('filters lists and counts by worker, owner, tenant, states and expiry', async ({
+        store,
+      }) => {
+        await store.sandboxes.insert(
+          sandbox('sb-00000001', { workerId: 'w1', ownerId: 'alice', tenantId: 't1' }),
+        );
+        await store.sandboxes.insert(
+          sandbox('sb-00000002', {
+            workerId: 'w2',
+            ownerId: 'bob',
+            state: 'creating',
+            expiresAtMs: T0 + MINUTE,
+          }),
+        );
+        await store.sandboxes.insert(
+          sandbox('sb-00000003', { workerId: 'w1', ownerId: 'bob', state: 'error' }),
+        );
+        const ids = async (f: Parameters<Store['sandboxes']['list']>[0]): Promise<string[]> =>
+          (await store.sandboxes.list(f)).map((s) => s.id).sort();
+        expect(await ids({ workerId: 'w1' })).toEqual(['sb-00000001', 'sb-00000003']);
+        expect(await ids({ ownerId: 'bob' })).toEqual(['sb-00000002', 'sb-00000003']);
+        expect(await ids({ tenantId: 't1' })).toEqual(['sb-00000001']);
+        expect(await ids({ states: ['creating', 'error'] })).toEqual([
+          'sb-00000002',
+          'sb-00000003',
+        ]);
+        expect(await ids({ states: [] })).toEqual([]);
+        expect(await ids({ expiresBeforeMs: T0 + 2 * MINUTE })).toEqual(['sb-00000002']);
+        expect(await ids({ workerId: 'w1', ownerId: 'bob' })).toEqual(['sb-00000003']);
+        expect(await store.sandboxes.count({ workerId: 'w1' })).toBe(2);
+        expect(await store.sandboxes.count({ ownerId: 'bob', states: ['error'] })).toBe(1);
+        expect(await store.sandboxes.count({ states: [] })).toBe(0);
+      });
+
+      test('transitions only from a listed state, applying the patch and the time', async ({
+        store,
+      }) => {
+        await store.sandboxes.insert(sandbox('sb-00000001', { state: 'creating' }));
+        const moved = await store.sandboxes.transition(
+          'sb-00000001',
+          ['creating'],
+          'running',
+          { vmId: 'ctr-1', workerId: 'w9', provider: 'docker', expiresAtMs: T0 + 99 * MINUTE },
+          T0 + 5,
+        );
+        expect(moved).toMatchObject({
+          state: 'running',
+          vmId: 'ctr-1',
+          workerId: 'w9',
+          provider: 'docker',
+          expiresAtMs: T0 + 99 * MINUTE,
+          updatedAtMs: T0 + 5,
+          createdAtMs: T0,
+        });
+        expect(await store.sandboxes.get('sb-00000001')).toEqual(moved);
+      });
+
+      test('returns undefined and changes nothing when the state does not match', async ({
+        store,
+      }) => {
+        const rec = sandbox('sb-00000001', { state: 'running' });
+        await store.sandboxes.insert(rec);
+        expect(
+          await store.sandboxes.transition(
+            'sb-00000001',
+            ['creating', 'error'],
+            'destroyed',
+            { vmId: 'x' },
+            T0 + 5,
+          ),
+        ).toBeUndefined();
+        expect(
+          await store.sandboxes.transition('sb-00000001', [], 'destroyed', {}, T0 + 5),
+        ).toBeUndefined();
+        expect(
+          await store.sandboxes.transition('sb-ffffffff', ['running'], 'destroyed', {}, T0 + 5),
+        ).toBeUndefined();
+        expect(await store.sandboxes.get('sb-00000001')).toEqual(rec);
+      });
+
+      test('updates fields only while the record is in one of the given states', async ({
+        store,
+      }) => {
+        const rec = sandbox('sb-00000001', { state: 'running' });
+        await store.sandboxes.insert(rec);
+        expect(
+          await store.sandboxes.update('sb-00000001', ['creating'], { expiresAtMs: 1 }, T0 + 1),
+        ).toBeUndefined();
+        expect(await store.sandboxes.get('sb-00000001')).toEqual(rec);
+        const updated = await store.sandboxes.update(
+          'sb-00000001',
+          ['running', 'unhealthy'],
+          { expiresAtMs: T0 + 60 * MINUTE },
+          T0 + 2,
+        );
+        expect(updated).toEqual({ ...rec, expiresAtMs: T0 + 60 * MINUTE, updatedAtMs: T0 + 2 });
+      });
+
+      test('lets exactly one of many concurrent transitions of a record win', async ({ store }) => {
+        await store.sandboxes.insert(sandbox('sb-00000001', { state: 'running' }));
+        const results = await Promise.all(
+          Array.from({ length: 12 }, (_, i) =>
+            store.sandboxes.transition('sb-00000001', ['running'], 'destroyed', {}, T0 + i + 1),
+          ),
+        );
+        const winners = results.filter((r) => r !== undefined);
+        expect(winners).toHaveLength(1);
+        expect(winners[0]?.state).toBe('destroyed');
+        expect(await store.sandboxes.get('sb-00000001')).toEqual(winners[0]);
+      });
+    });
+
+    describe('leases', () => {
+      const acquire = (
+        store: Store,
+        holderId: string,
+        nowMs: number,
+        ttlMs = MINUTE,
+        resourceId = 'sb-00000001',
+      ) => store.leases.acquire({ resourceId, resourceType: 'sandbox', holderId, ttlMs, nowMs });
+      const token = (holderId: string, generation: number): LeaseToken => ({
+        resourceId: 'sb-00000001',
+        holderId,
+        generation,
+      });
+
+      test('acquires a free lease at generation 1 and renews it without a new generation', async ({
+        store,
+      }) => {
+        const lease = await acquire(store, 'w1', T0);
+        expect(lease).toEqual({
+          resourceId: 'sb-00000001',
+          resourceType: 'sandbox',
+          holderId: 'w1',
+          generation: 1,
+          expiresAtMs: T0 + MINUTE,
+        });
+        expect(await store.leases.get('sb-00000001')).toEqual(lease);
+        const renewed = await store.leases.renew(token('w1', 1), 5 * MINUTE, T0 + 30_000);
+        expect(renewed).toEqual({ ...lease, expiresAtMs: T0 + 30_000 + 5 * MINUTE });
+        expect(await store.leases.get('sb-00000001')).toEqual(renewed);
+      });
+
+      test('grows the generation on every acquisition, also across a release', async ({
+        store,
+      }) => {
+        expect((await acquire(store, 'w1', T0)).generation).toBe(1);
+        expect((await acquire(store, 'w1', T0 + 1)).generation).toBe(2);
+        expect(await store.leases.release(token('w1', 2), T0 + 2)).toBe(true);
+        const released = await store.leases.get('sb-00000001');
+        expect(released).toMatchObject({ holderId: '', generation: 2 });
+        expect((await acquire(store, 'w2', T0 + 3)).generation).toBe(3);
+        expect((await acquire(store, 'w2', T0 + 4)).generation).toBe(4);
+      });
+
+      test('refuses a stale generation on renew and release', async ({ store }) => {
+        await acquire(store, 'w1', T0);
+        const current = await acquire(store, 'w1', T0 + 1);
+        await expectStacyError(
+          store.leases.renew(token('w1', 1), MINUTE, T0 + 2),
+          'CONFLICT',
+          /stale generation/,
+        );
+        expect(await store.leases.release(token('w1', 1), T0 + 2)).toBe(false);
+        expect(await store.leases.get('sb-00000001')).toEqual(current);
+      });
+
+      test('refuses another holder while the lease is unexpired, naming holder and expiry', async ({
+        store,
+      }) => {
+        const held = await acquire(store, 'w1', T0);
+        await expectStacyError(
+          acquire(store, 'w2', T0 + MINUTE - 1),
+          'CONFLICT',
+          new RegExp(`held by w1 until ${new Date(T0 + MINUTE).toISOString()}`),
+        );
+        await expectStacyError(
+          store.leases.renew(token('w2', 1), MINUTE, T0 + 1),
+          'CONFLICT',
+          /not held by w2/,
+        );
+        expect(await store.leases.release(token('w2', 1), T0 + 1)).toBe(false);
+        expect(await store.leases.get('sb-00000001')).toEqual(held);
+      });
+
+      test('hands an expired lease to another holder with the next generation', async ({
+        store,
+      }) => {
+        await acquire(store, 'w1', T0);
+        const taken = await acquire(store, 'w2', T0 + MINUTE);
+        expect(taken).toMatchObject({
+          holderId: 'w2',
+          generation: 2,
+          expiresAtMs: T0 + 2 * MINUTE,
+        });
+        await expectStacyError(
+          store.leases.renew(token('w1', 1), MINUTE, T0 + MINUTE + 1),
+          'CONFLICT',
+          /not held by w1/,
+        );
+        expect(await store.leases.release(token('w1', 1), T0 + MINUTE + 1)).toBe(false);
+        expect(await store.leases.get('sb-00000001')).toEqual(taken);
+      });
+
+      test('refuses to renew an expired lease', async ({ store }) => {
+        await acquire(store, 'w1', T0);
+        await expectStacyError(
+          store.leases.renew(token('w1', 1), MINUTE, T0 + MINUTE),
+          'CONFLICT',
+          /expired/,
+        );
+        await expectStacyError(
+          store.leases.renew(
+            { resourceId: 'sb-ffffffff', holderId: 'w1', generation: 1 },
+            MINUTE,
+            T0,
+          ),
+          'CONFLICT',
+        );
+      });
+
+      test('releases only once and reports a release of an unknown lease as false', async ({
+        store,
+      }) => {
+        await acquire(store, 'w1', T0);
+        expect(await store.leases.release(token('w1', 1), T0 + 1)).toBe(true);
+        expect(await store.leases.release(token('w1', 1), T0 + 2)).toBe(false);
+        await expectStacyError(
+          store.leases.renew(token('w1', 1), MINUTE, T0 + 3),
+          'CONFLICT',
+          /not held/,
+        );
+        expect(
+          await store.leases.release(
+            { resourceId: 'sb-ffffffff', holderId: 'w1', generation: 1 },
+            T0,
+          ),
+        ).toBe(false);
+      });
+
+      test('lets exactly one of many concurrent acquirers of a free lease win', async ({
+        store,
+      }) => {
+        const outcomes = await Promise.allSettled(
+          Array.from({ length: 16 }, (_, i) => acquire(store, `w${i}`, T0)),
+        );
+        const won = outcomes.filter((o) => o.status === 'fulfilled');
+        expect(won).toHaveLength(1);
+        for (const o of outcomes) {
+          if (o.status === 'rejected') {
+            expect(o.reason).toBeInstanceOf(StacyError);
+            expect((o.reason as StacyError).code).toBe('CONFLICT');
+          }
+        }
+        const lease = await store.leases.get('sb-00000001');
+        expect(lease?.generation).toBe(1);
+        expect(won[0]?.status === 'fulfilled' ? won[0].value : undefined).toEqual(lease);
+      });
+
+      test('lists leases ordered by resource id', async ({ store }) => {
+        await acquire(store, 'w1', T0, MINUTE, 'sb-0000000b');
+        await acquire(store, 'w1', T0, MINUTE, 'sb-0000000a');
+        expect((await store.leases.list()).map((l) => l.resourceId)).toEqual([
+          'sb-0000000a',
+          'sb-0000000b',
+        ]);
+        expect(await store.leases.get('sb-0000000c')).toBeUndefined();
+      });
+    });
+
+    describe('workers', () => {
+      test('upserts heartbeats keeping the creation time', async ({ store }) => {
+        const first = await store.workers.upsertHeartbeat(heartbeat('w1'), T0);
+        expect(first).toEqual({
+          id: 'w1',
+          hostname: 'w1.example',
+          status: 'online',
+          providers: ['mock'],
+          capabilities: ['exec'],
+          capacity: { max_sandboxes: 10 },
+          lastHeartbeatMs: T0,
+          createdAtMs: T0,
+          updatedAtMs: T0,
+        });
+        const second = await store.workers.upsertHeartbeat(
+          heartbeat('w1', {
+            status: 'draining',
+            providers: ['mock', 'docker'],
+            capacity: { max_sandboxes: 3 },
+          }),
+          T0 + MINUTE,
+        );
+        expect(second).toMatchObject({
+          status: 'draining',
+          providers: ['mock', 'docker'],
+          capacity: { max_sandboxes: 3 },
+          lastHeartbeatMs: T0 + MINUTE,
+          createdAtMs: T0,
+          updatedAtMs: T0 + MINUTE,
+        });
+        expect(await store.workers.get('w1')).toEqual(second);
+      });
+
+      test('lists workers ordered by id', async ({ store }) => {
+        for (const id of ['w-b', 'local', 'w-a']) {
+          await store.workers.upsertHeartbeat(heartbeat(id), T0);
+        }
+        expect((await store.workers.list()).map((w) => w.id)).toEqual(['local', 'w-a', 'w-b']);
+      });
+
+      test('deletes a worker and sets a status, reporting whether the row existed', async ({
+        store,
+      }) => {
+        await store.workers.upsertHeartbeat(heartbeat('w1'), T0);
+        expect(await store.workers.setStatus('w1', 'offline', T0 + 5)).toBe(true);
+        expect(await store.workers.get('w1')).toMatchObject({
+          status: 'offline',
+          updatedAtMs: T0 + 5,
+          lastHeartbeatMs: T0,
+        });
+        expect(await store.workers.setStatus('nope', 'offline', T0)).toBe(false);
+        expect(await store.workers.delete('w1')).toBe(true);
+        expect(await store.workers.delete('w1')).toBe(false);
+        expect(await store.workers.get('w1')).toBeUndefined();
+        expect(await store.workers.list()).toEqual([]);
+      });
+    });
+
+    describe('exec logs', () => {
+      test('round-trips entries of one sandbox newest first within the limit', async ({
+        store,
+      }) => {
+        const a = await store.execLogs.append(execLog('sb-00000001', T0, 'first'));
+        const b = await store.execLogs.append({
+          ...execLog('sb-00000001', T0 + 1, 'second'),
+          exitCode: 124,
+          truncated: true,
+          timedOut: true,
+          streamed: true,
+          stderr: 'killed',
+          mode: 'shell',
+          args: [],
+        });
+        await store.execLogs.append(execLog('sb-00000002', T0 + 2, 'other'));
+        expect(b).toBeGreaterThan(a);
+        const logs = await store.execLogs.list('sb-00000001', 10);
+        expect(logs.map((l) => l.command)).toEqual(['second', 'first']);
+        expect(logs[0]).toEqual({
+          ...execLog('sb-00000001', T0 + 1, 'second'),
+          id: b,
+          exitCode: 124,
+          truncated: true,
+          timedOut: true,
+          streamed: true,
+          stderr: 'killed',
+          mode: 'shell',
+          args: [],
+        });
+        expect(logs[1]).toEqual({ ...execLog('sb-00000001', T0, 'first'), id: a });
+        expect((await store.execLogs.list('sb-00000001', 1)).map((l) => l.command)).toEqual([
+          'second',
+        ]);
+        expect(await store.execLogs.list('sb-ffffffff', 10)).toEqual([]);
+      });
+    });
+
+    describe('audit', () => {
+      test('round-trips entries newest first with sandbox and action filters', async ({
+        store,
+      }) => {
+        const first = await store.audit.append(audit(T0, { action: 'sandbox.spawn' }));
+        const second = await store.audit.append(audit(T0 + 1, { status: 'failure' }));
+        await store.audit.append(audit(T0 + 2, { sandboxId: 'sb-00000002' }));
+        expect(second).toBeGreaterThan(first);
+        const all = await store.audit.list();
+        expect(all.map((e) => e.createdAtMs)).toEqual([T0 + 2, T0 + 1, T0]);
+        expect(all[1]).toEqual({ ...audit(T0 + 1, { status: 'failure' }), id: second });
+        const bySandbox = await store.audit.list({ sandboxId: 'sb-00000001' });
+        expect(bySandbox.map((e) => e.id)).toEqual([second, first]);
+        const byAction = await store.audit.list({ sandboxId: 'sb-00000001', action: 'exec' });
+        expect(byAction.map((e) => e.id)).toEqual([second]);
+        expect(await store.audit.list({ limit: 1 })).toHaveLength(1);
+      });
+
+      test('caps stored detail at 2048 characters', async ({ store }) => {
+        await store.audit.append(audit(T0, { detail: 'x'.repeat(5000) }));
+        const [entry] = await store.audit.list();
+        expect(entry?.detail).toBe('x'.repeat(2048));
+      });
+
+      test('lists 100 entries by default and at most 1000', async ({ store }) => {
+        await Promise.all(
+          Array.from({ length: 1005 }, (_, i) => store.audit.append(audit(T0 + i))),
+        );
+        const byDefault = await store.audit.list();
+        expect(byDefault).toHaveLength(100);
+        expect(byDefault[0]?.createdAtMs).toBe(T0 + 1004);
+        expect(await store.audit.list({ limit: 5000 })).toHaveLength(1000);
+      });
+    });
+  });
+}
