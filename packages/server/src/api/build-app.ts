@@ -53,6 +53,18 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.addHook('onRequest', async (req, reply) => {
     void reply.header('x-request-id', req.id);
   });
+  // While shutting down, responses close their connection so keep-alive
+  // clients do not hold close() open until the shutdown timeout.
+  let closing = false;
+  app.addHook('preClose', (done) => {
+    closing = true;
+    app.server.closeIdleConnections();
+    done();
+  });
+  app.addHook('onSend', async (_req, reply, payload) => {
+    if (closing) void reply.header('connection', 'close');
+    return payload;
+  });
   app.addHook('onResponse', async (req, reply) => {
     deps.metrics.countHttp(req.method, req.routeOptions.url ?? 'unmatched', reply.statusCode);
   });

@@ -66,9 +66,13 @@ describe('the stacyvm binary: serve plus the CLI, as a user drives them', () => 
     const table = cli(['list'], { env }).stdout.toString();
     expect(table.split('\n')[0]).toMatch(/^ID\s+STATE\s+PROVIDER/);
     expect(table).toContain(id);
-    const json = JSON.parse(cli(['list', '--json'], { env }).stdout.toString()) as Array<{ id: string }>;
+    const json = JSON.parse(cli(['list', '--json'], { env }).stdout.toString()) as Array<{
+      id: string;
+    }>;
     expect(json.map((s) => s.id)).toContain(id);
-    const one = JSON.parse(cli(['get', id, '--json'], { env }).stdout.toString()) as { state: string };
+    const one = JSON.parse(cli(['get', id, '--json'], { env }).stdout.toString()) as {
+      state: string;
+    };
     expect(one.state).toBe('running');
     expect(cli(['logs', id, '--lines', '5'], { env }).status).toBe(0);
   });
