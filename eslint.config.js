@@ -11,6 +11,7 @@ export default tseslint.config(
       'sdk/python/**',
       'bench/**/*.mjs',
       '**/*.config.ts',
+      'eslint.config.js',
       'packages/server/scripts/**',
     ],
   },

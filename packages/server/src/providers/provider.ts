@@ -88,7 +88,12 @@ export interface Provider {
   readFile(runtimeId: string, path: string, opts?: CallOptions): Promise<ReadFileResult>;
   listFiles(runtimeId: string, path: string, opts?: CallOptions): Promise<FileEntry[]>;
   statFile(runtimeId: string, path: string, opts?: CallOptions): Promise<FileEntry>;
-  deleteFile(runtimeId: string, path: string, recursive: boolean, opts?: CallOptions): Promise<void>;
+  deleteFile(
+    runtimeId: string,
+    path: string,
+    recursive: boolean,
+    opts?: CallOptions,
+  ): Promise<void>;
   moveFile(runtimeId: string, from: string, to: string, opts?: CallOptions): Promise<void>;
   chmodFile(runtimeId: string, path: string, mode: number, opts?: CallOptions): Promise<void>;
   /** Absolute in-sandbox paths matching a glob (`*`, `?`, `**`, `[...]`), sorted. */

@@ -5,12 +5,15 @@ import { describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { cleanup, cli, serverEnv, startServer, tempDir } from './server-process.js';
 
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- response bodies are asserted on loosely
+type Json = any;
+
 async function api(
   base: string,
   method: string,
   path: string,
   body?: unknown,
-): Promise<{ status: number; json: any }> {
+): Promise<{ status: number; json: Json }> {
   const res = await fetch(`${base}/api/v1${path}`, {
     method,
     headers: body === undefined ? {} : { 'content-type': 'application/json' },
