@@ -155,8 +155,9 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
         status: runtime.state === 'active' ? 'online' : runtime.state,
         providers: runtime.providerNames,
         capabilities: ['api', 'single_node', 'spawn', 'exec', 'files'],
+        // No per-worker max_sandboxes here: defaults.max_sandboxes is enforced
+        // globally by admission and would otherwise be counted twice.
         capacity: {
-          max_sandboxes: d.max_sandboxes,
           max_sandboxes_per_owner: d.max_sandboxes_per_owner,
           default_exec_timeout: d.default_exec_timeout,
           max_exec_timeout: d.max_exec_timeout,

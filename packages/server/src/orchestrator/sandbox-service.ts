@@ -192,18 +192,19 @@ export class SandboxService {
       reason,
       message,
     });
+    const reasons = Object.values(decision.rejected);
+    if (
+      decision.workerId === undefined &&
+      reasons.length > 0 &&
+      reasons.every((r) => r.startsWith('does not offer provider'))
+    ) {
+      throw notFound(`provider not found: ${provider}`);
+    }
     try {
       resolveTtlMs(input.ttl, limits);
     } catch (err) {
       if (isStacyError(err) && err.code === 'RESOURCE_LIMIT') return deny('max_ttl', err.message);
       throw err;
-    }
-    if (decision.workerId === undefined) {
-      const reasons = Object.values(decision.rejected);
-      if (reasons.length > 0 && reasons.every((r) => r.startsWith('does not offer provider'))) {
-        throw notFound(`provider not found: ${provider}`);
-      }
-      return deny('worker_unavailable', `no eligible worker available for provider ${provider}`);
     }
     if (ownerId !== '') {
       const ownerCount = live.filter((s) => s.ownerId === ownerId).length;
@@ -218,6 +219,9 @@ export class SandboxService {
     }
     if (limits.maxSandboxes > 0 && live.length >= limits.maxSandboxes) {
       return deny('max_sandboxes', `max sandboxes reached (${limits.maxSandboxes})`);
+    }
+    if (decision.workerId === undefined) {
+      return deny('worker_unavailable', `no eligible worker available for provider ${provider}`);
     }
     return out;
   }
