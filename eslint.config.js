@@ -1,6 +1,7 @@
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 import boundaries from 'eslint-plugin-boundaries';
+import importX from 'eslint-plugin-import-x';
 
 export default tseslint.config(
   {
@@ -41,13 +42,20 @@ export default tseslint.config(
   },
   {
     files: ['packages/server/src/**/*.ts'],
-    plugins: { boundaries },
+    plugins: { boundaries, 'import-x': importX },
     settings: {
       'boundaries/include': ['packages/server/src/**/*'],
       'boundaries/elements': [
         { type: 'domain', pattern: 'packages/server/src/domain/*', mode: 'file' },
         { type: 'config', pattern: 'packages/server/src/config/*', mode: 'file' },
+        // The interfaces come first: the first matching element wins.
+        { type: 'store-api', pattern: 'packages/server/src/store/store.ts', mode: 'file' },
         { type: 'store', pattern: 'packages/server/src/store/**/*', mode: 'file' },
+        {
+          type: 'provider-api',
+          pattern: 'packages/server/src/providers/provider.ts',
+          mode: 'file',
+        },
         { type: 'providers', pattern: 'packages/server/src/providers/**/*', mode: 'file' },
         { type: 'rpc', pattern: 'packages/server/src/rpc/**/*', mode: 'file' },
         { type: 'worker', pattern: 'packages/server/src/worker/**/*', mode: 'file' },
@@ -59,6 +67,7 @@ export default tseslint.config(
       'import/resolver': { typescript: { project: 'packages/server/tsconfig.json' }, node: true },
     },
     rules: {
+      'import-x/no-cycle': ['error', { ignoreExternal: true }],
       'boundaries/element-types': [
         'error',
         {
@@ -66,13 +75,16 @@ export default tseslint.config(
           rules: [
             { from: 'domain', allow: ['domain'] },
             { from: 'config', allow: ['domain', 'config'] },
-            { from: 'store', allow: ['domain', 'store'] },
-            { from: 'providers', allow: ['domain', 'providers'] },
-            { from: 'rpc', allow: ['domain', 'providers', 'rpc'] },
-            { from: 'worker', allow: ['domain', 'providers', 'rpc', 'worker'] },
+            { from: 'store-api', allow: ['domain'] },
+            { from: 'store', allow: ['domain', 'store-api', 'store'] },
+            { from: 'provider-api', allow: ['domain'] },
+            { from: 'providers', allow: ['domain', 'provider-api', 'providers'] },
+            { from: 'rpc', allow: ['domain', 'provider-api', 'rpc'] },
+            { from: 'worker', allow: ['domain', 'provider-api', 'rpc', 'worker'] },
+            // The orchestrator sees only interfaces: never a store or provider implementation.
             {
               from: 'orchestrator',
-              allow: ['domain', 'providers', 'rpc', 'store', 'orchestrator'],
+              allow: ['domain', 'provider-api', 'rpc', 'store-api', 'orchestrator'],
             },
             { from: 'api', allow: ['domain', 'orchestrator', 'rpc', 'api'] },
             { from: 'cli', allow: ['*'] },
