@@ -138,7 +138,7 @@ export function buildProgram(): Command {
         const loaded = load(opts.config ?? opts.file);
         const findings = lintConfig(loaded.config, { production: opts.production === true });
         for (const w of loaded.warnings) process.stdout.write(`[warn] config: ${w}\n`);
-        process.stdout.write(formatLintFindings(findings));
+        process.stdout.write(`${formatLintFindings(findings).replace(/\n$/, '')}\n`);
         if (hasLintFailures(findings)) process.exitCode = 1;
       } catch (err) {
         fail(describeError(err), 2);

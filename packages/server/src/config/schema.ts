@@ -97,7 +97,7 @@ const ServerSection = Type.Object(
     ),
     reaper_interval: duration(
       '30s',
-      'How often expired sandboxes are destroyed and worker liveness is swept.',
+      'How often the reaper destroys sandboxes past their expiry.',
       'positive',
     ),
   },
@@ -128,7 +128,7 @@ const MockProvider = Type.Object(
     ),
     base_dir: str(
       '',
-      'Directory holding mock sandbox workspaces. Empty means the OS temporary directory.',
+      'Directory holding mock sandbox roots. Empty means `stacyvm-mock` under the OS temporary directory.',
     ),
   },
   { description: 'The mock provider (host execution, no isolation).' },

@@ -82,7 +82,7 @@ export class EventBus {
     };
   }
 
-  /** Events after `lastEventId` still in history (all of history when the id is unknown). */
+  /** Events after `lastEventId` still in history; none when the id is malformed. */
   since(lastEventId: string): StacyEvent[] {
     const n = Number(/^evt-(\d+)$/.exec(lastEventId)?.[1] ?? NaN);
     if (!Number.isFinite(n)) return [];

@@ -252,9 +252,13 @@ export class SandboxService {
     const rec = await this.admissionLock.run(async () => {
       const decision = await this.admission({ ...input, provider });
       if (!decision.allowed) {
-        throw new StacyError('RESOURCE_LIMIT', decision.message ?? 'spawn not admitted', {
-          details: [{ field: decision.reason ?? 'spawn', problem: decision.message ?? '' }],
-        });
+        const message = decision.message ?? 'spawn not admitted';
+        // Only a TTL denial is about a request field; caps are about the system.
+        throw new StacyError(
+          'RESOURCE_LIMIT',
+          message,
+          decision.reason === 'max_ttl' ? { details: [{ field: 'ttl', problem: message }] } : {},
+        );
       }
       const workerId = decision.selected_worker_id ?? this.o.localWorkerId;
       const now = this.now();

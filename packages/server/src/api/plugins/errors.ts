@@ -86,7 +86,7 @@ export function registerErrorHandling(app: FastifyInstance): void {
     if (e.code === 'INTERNAL_ERROR') {
       request.log.error({ err: e.cause ?? err }, 'request failed');
     } else {
-      request.log.info({ code: e.code, msg: e.message }, 'request rejected');
+      request.log.info({ code: e.code, error: e.message }, 'request rejected');
     }
     if (reply.sent || reply.raw.headersSent) return;
     void reply.status(e.status).type('application/json').send(toErrorBody(e, request.id));
