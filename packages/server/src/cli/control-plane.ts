@@ -212,6 +212,7 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
           );
           app.server.closeAllConnections();
         }
+        await sandboxes.drain();
         await runtime.stop();
         await store.close();
       })();

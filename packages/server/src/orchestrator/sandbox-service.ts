@@ -115,16 +115,21 @@ export class SandboxService {
     return c;
   }
 
-  private async audit(
+  /**
+   * Audit rows are written in the background: the caller's reply does not
+   * wait on them (store order is kept by the store's connection queue), and
+   * {@link drain} waits for them at shutdown.
+   */
+  private audit(
     ctx: CallContext,
     action: string,
     sandboxId: string,
     status: AuditEntry['status'],
     detail: string,
     resource = '',
-  ): Promise<void> {
-    try {
-      await this.o.store.audit.append({
+  ): void {
+    this.background(
+      this.o.store.audit.append({
         actor: ctx.actor,
         action,
         sandboxId,
@@ -133,11 +138,27 @@ export class SandboxService {
         detail,
         requestId: ctx.requestId,
         createdAtMs: this.now(),
-      });
-    } catch (err) {
-      // Audit is best effort: losing a row must not fail the user's operation.
-      this.o.logger.warn({ err: (err as Error).message, action, sandboxId }, 'audit append failed');
-    }
+      }),
+      { action, sandboxId },
+      'audit append failed',
+    );
+  }
+
+  private readonly pending = new Set<Promise<unknown>>();
+
+  /** Runs a best-effort write without blocking the caller; failures are logged, never thrown. */
+  private background(p: Promise<unknown>, context: Record<string, unknown>, msg: string): void {
+    const tracked = p.then(
+      () => undefined,
+      (err: unknown) => this.o.logger.warn({ ...context, err: (err as Error).message }, msg),
+    );
+    this.pending.add(tracked);
+    void tracked.finally(() => this.pending.delete(tracked));
+  }
+
+  /** Waits for background audit and exec-log writes (call before closing the store). */
+  async drain(): Promise<void> {
+    while (this.pending.size > 0) await Promise.all([...this.pending]);
   }
 
   // ---- admission and spawn -------------------------------------------------
@@ -149,14 +170,16 @@ export class SandboxService {
   private async place(provider: string): Promise<{
     decision: PlacementDecision;
     activeByWorker: Map<string, number>;
-    live: SandboxRecord[];
+    liveTotal: number;
   }> {
-    const [workers, live] = await Promise.all([
+    // Counts, not rows: admission runs on every spawn and must stay cheap
+    // however many sandboxes are alive.
+    const [workers, activeByWorker] = await Promise.all([
       this.o.store.workers.list(),
-      this.o.store.sandboxes.list({ states: [...LIVE_STATES] }),
+      this.o.store.sandboxes.countByWorker({ states: [...LIVE_STATES] }),
     ]);
-    const activeByWorker = new Map<string, number>();
-    for (const s of live) activeByWorker.set(s.workerId, (activeByWorker.get(s.workerId) ?? 0) + 1);
+    let liveTotal = 0;
+    for (const n of activeByWorker.values()) liveTotal += n;
     const decision = placeSandbox({
       workers,
       activeByWorker,
@@ -165,7 +188,7 @@ export class SandboxService {
       nowMs: this.now(),
       staleAfterMs: this.o.staleAfterMs ?? DEFAULT_STALE_AFTER_MS,
     });
-    return { decision, activeByWorker, live };
+    return { decision, activeByWorker, liveTotal };
   }
 
   /** Decides whether a spawn would be admitted, without spawning. */
@@ -173,12 +196,12 @@ export class SandboxService {
     const provider = this.resolveProvider(input.provider);
     const limits = this.o.limits;
     const ownerId = this.ownerOf(input);
-    const { decision, live } = await this.place(provider);
+    const { decision, liveTotal } = await this.place(provider);
     const out: AdmissionDecision = {
       allowed: true,
       queueable: false,
       provider,
-      active_sandboxes: live.length,
+      active_sandboxes: liveTotal,
       max_sandboxes: limits.maxSandboxes,
       max_ttl: formatDurationMs(limits.maxTtlMs),
       eligible_workers: decision.eligible,
@@ -207,7 +230,7 @@ export class SandboxService {
       throw err;
     }
     if (ownerId !== '') {
-      const ownerCount = live.filter((s) => s.ownerId === ownerId).length;
+      const ownerCount = await this.o.store.sandboxes.count({ states: [...LIVE_STATES], ownerId });
       out.active_owner_sandboxes = ownerCount;
       out.max_owner_sandboxes = limits.maxSandboxesPerOwner;
       if (limits.maxSandboxesPerOwner > 0 && ownerCount >= limits.maxSandboxesPerOwner) {
@@ -217,7 +240,7 @@ export class SandboxService {
         );
       }
     }
-    if (limits.maxSandboxes > 0 && live.length >= limits.maxSandboxes) {
+    if (limits.maxSandboxes > 0 && liveTotal >= limits.maxSandboxes) {
       return deny('max_sandboxes', `max sandboxes reached (${limits.maxSandboxes})`);
     }
     if (decision.workerId === undefined) {
@@ -327,13 +350,7 @@ export class SandboxService {
         worker_id: rec.workerId,
       });
       this.o.events.publish('sandbox.running', rec.id);
-      await this.audit(
-        ctx,
-        'sandbox.spawn',
-        rec.id,
-        'success',
-        `state=running worker=${rec.workerId}`,
-      );
+      this.audit(ctx, 'sandbox.spawn', rec.id, 'success', `state=running worker=${rec.workerId}`);
       this.o.logger.info(
         { sandbox_id: rec.id, provider, worker_id: rec.workerId, request_id: ctx.requestId },
         'sandbox spawned',
@@ -354,7 +371,7 @@ export class SandboxService {
         provider,
         error: (err as Error).message,
       });
-      await this.audit(ctx, 'sandbox.spawn', rec.id, 'failure', (err as Error).message);
+      this.audit(ctx, 'sandbox.spawn', rec.id, 'failure', (err as Error).message);
       throw err;
     }
   }
@@ -433,13 +450,13 @@ export class SandboxService {
         provider: rec.provider,
         error: (err as Error).message,
       });
-      await this.audit(ctx, 'sandbox.destroy', id, 'failure', (err as Error).message);
+      this.audit(ctx, 'sandbox.destroy', id, 'failure', (err as Error).message);
       throw err;
     }
     await this.o.store.sandboxes.transition(id, ['destroying'], 'destroyed', {}, this.now());
     if (ref.lease !== undefined) await this.o.store.leases.release(ref.lease, this.now());
     this.o.events.publish('sandbox.destroyed', id, { reason });
-    await this.audit(ctx, 'sandbox.destroy', id, 'success', `reason=${reason}`);
+    this.audit(ctx, 'sandbox.destroy', id, 'success', `reason=${reason}`);
     this.o.logger.info({ sandbox_id: id, reason, request_id: ctx.requestId }, 'sandbox destroyed');
   }
 
@@ -468,7 +485,7 @@ export class SandboxService {
     this.o.events.publish('sandbox.extended', id, {
       expires_at: new Date(now + ttlMs).toISOString(),
     });
-    await this.audit(ctx, 'sandbox.extend', id, 'success', `ttl=${ttl}`);
+    this.audit(ctx, 'sandbox.extend', id, 'success', `ttl=${ttl}`);
     return updated;
   }
 
@@ -521,7 +538,7 @@ export class SandboxService {
         if (done === undefined) continue;
         if (ref.lease !== undefined) await this.o.store.leases.release(ref.lease, this.now());
         this.o.events.publish('sandbox.destroyed', rec.id, { reason: 'runtime_missing' });
-        await this.audit(
+        this.audit(
           ctx,
           'sandbox.reconcile',
           rec.id,
@@ -541,17 +558,17 @@ export class SandboxService {
     return { text: Buffer.from(s).subarray(0, this.execLogMaxBytes).toString(), cut: true };
   }
 
-  private async recordExec(
+  private recordExec(
     rec: SandboxRecord,
     spec: ExecSpec,
     outcome: ExecOutcome,
     streamed: boolean,
     ctx: CallContext,
-  ): Promise<void> {
+  ): void {
     const out = this.clip(outcome.stdout);
     const errOut = this.clip(outcome.stderr);
-    try {
-      await this.o.store.execLogs.append({
+    this.background(
+      this.o.store.execLogs.append({
         sandboxId: rec.id,
         command: spec.command,
         args: spec.args,
@@ -564,13 +581,10 @@ export class SandboxService {
         timedOut: outcome.timedOut,
         streamed,
         createdAtMs: this.now(),
-      });
-    } catch (err) {
-      this.o.logger.warn(
-        { sandbox_id: rec.id, err: (err as Error).message },
-        'exec log append failed',
-      );
-    }
+      }),
+      { sandbox_id: rec.id },
+      'exec log append failed',
+    );
     const data = {
       exit_code: outcome.exitCode,
       duration: formatDurationMs(outcome.durationMs),
@@ -578,7 +592,7 @@ export class SandboxService {
       streamed,
     };
     this.o.events.publish(outcome.timedOut ? 'exec.timeout' : 'exec.completed', rec.id, data);
-    await this.audit(
+    this.audit(
       ctx,
       'exec',
       rec.id,
@@ -603,10 +617,10 @@ export class SandboxService {
       );
     } catch (err) {
       this.o.events.publish('exec.failed', id, { error: (err as Error).message });
-      await this.audit(ctx, 'exec', id, 'failure', (err as Error).message);
+      this.audit(ctx, 'exec', id, 'failure', (err as Error).message);
       throw err;
     }
-    await this.recordExec(rec, spec, outcome, false, ctx);
+    this.recordExec(rec, spec, outcome, false, ctx);
     if (outcome.timedOut) {
       throw new StacyError(
         'TIMEOUT',
@@ -658,7 +672,7 @@ export class SandboxService {
             stderr: Buffer.concat(kept.stderr).toString(),
           };
           this.o.metrics.observe('exec_stream', rec.provider, performance.now() - started);
-          await this.recordExec(rec, spec, outcome, true, ctx);
+          this.recordExec(rec, spec, outcome, true, ctx);
         } else if (keptBytes[ev.type] < this.execLogMaxBytes) {
           const room = this.execLogMaxBytes - keptBytes[ev.type];
           const part = Buffer.from(ev.data.subarray(0, room));
@@ -704,10 +718,10 @@ export class SandboxService {
       const out = await this.o.metrics.time(action.replace('.', '_'), rec.provider, () =>
         fn(this.client(rec.workerId), ref, rec),
       );
-      await this.audit(ctx, action, id, 'success', detail(out), resource);
+      this.audit(ctx, action, id, 'success', detail(out), resource);
       return out;
     } catch (err) {
-      await this.audit(ctx, action, id, 'failure', (err as Error).message, resource);
+      this.audit(ctx, action, id, 'failure', (err as Error).message, resource);
       throw err;
     }
   }

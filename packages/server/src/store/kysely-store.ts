@@ -384,6 +384,19 @@ class SqlSandboxStore implements SandboxStore {
     });
   }
 
+  countByWorker(filter: SandboxListFilter = {}): Promise<Map<string, number>> {
+    if (filter.states?.length === 0) return Promise.resolve(new Map());
+    return this.run('count sandboxes by worker', async (db) => {
+      const rows = await db
+        .selectFrom('sandboxes')
+        .select(['worker_id', (eb) => eb.fn.countAll().as('n')])
+        .where((eb) => sandboxWhere(eb, filter))
+        .groupBy('worker_id')
+        .execute();
+      return new Map(rows.map((r) => [r.worker_id, Number(r.n)]));
+    });
+  }
+
   transition(
     id: string,
     from: readonly SandboxState[],

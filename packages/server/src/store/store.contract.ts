@@ -222,6 +222,11 @@ export function describeStoreContract(
         expect(await store.sandboxes.count({ workerId: 'w1' })).toBe(2);
         expect(await store.sandboxes.count({ ownerId: 'bob', states: ['error'] })).toBe(1);
         expect(await store.sandboxes.count({ states: [] })).toBe(0);
+        const byWorker = await store.sandboxes.countByWorker();
+        expect(Object.fromEntries(byWorker)).toEqual({ w1: 2, w2: 1 });
+        const running = await store.sandboxes.countByWorker({ states: ['running'] });
+        expect(Object.fromEntries(running)).toEqual({ w1: 1 });
+        expect((await store.sandboxes.countByWorker({ states: [] })).size).toBe(0);
       });
 
       test('transitions only from a listed state, applying the patch and the time', async ({

@@ -30,6 +30,8 @@ export interface SandboxStore {
   /** Newest first. */
   list(filter?: SandboxListFilter): Promise<SandboxRecord[]>;
   count(filter?: SandboxListFilter): Promise<number>;
+  /** Counts per worker id of the records the filter selects (`limit` is ignored). */
+  countByWorker(filter?: SandboxListFilter): Promise<Map<string, number>>;
   /**
    * Compare-and-set: moves the record to `to` only if its state is one of
    * `from`. Returns the updated record, or undefined when the state did not

@@ -178,6 +178,7 @@ interface PreparedExec {
  * sandboxes of a previous one; only the process-group bookkeeping is lost.
  */
 export class MockProvider implements Provider {
+  private readonly logWrites = new Map<string, Promise<void>>();
   readonly name = 'mock';
   readonly capabilities: readonly string[] = ['test_provider'];
 
@@ -261,6 +262,7 @@ export class MockProvider implements Provider {
     this.groups.delete(id);
     const root = join(this.baseDir, id);
     await removeTree(root);
+    await this.flushLog(id);
     await rm(this.logPath(id), { force: true });
   }
 
@@ -273,6 +275,7 @@ export class MockProvider implements Provider {
     if (lines === 0) return [];
     let text: string;
     try {
+      await this.flushLog(runtimeId);
       const fh = await open(this.logPath(runtimeId), 'r');
       try {
         const { size } = await fh.stat();
@@ -665,9 +668,24 @@ export class MockProvider implements Provider {
     await appendFile(this.logPath(id), `${stamp} ${line}\n`);
   }
 
-  /** A console log line must never fail the operation it describes. */
-  private async tryLog(id: string, line: string): Promise<void> {
-    await this.log(id, line).catch(() => undefined);
+  /**
+   * Appends a console line without making the caller wait (exec latency is
+   * what users feel); writes per sandbox stay in order through a chain that
+   * `logs()` and `destroy()` drain first. A line must never fail the
+   * operation it describes.
+   */
+  private tryLog(id: string, line: string): void {
+    const next = (this.logWrites.get(id) ?? Promise.resolve())
+      .then(() => this.log(id, line))
+      .catch(() => undefined);
+    this.logWrites.set(id, next);
+    void next.then(() => {
+      if (this.logWrites.get(id) === next) this.logWrites.delete(id);
+    });
+  }
+
+  private async flushLog(id: string): Promise<void> {
+    await this.logWrites.get(id);
   }
 
   private checkId(runtimeId: string): string {
@@ -889,7 +907,7 @@ export class MockProvider implements Provider {
           // As a shell reports them: 127 command not found, 126 not executable.
           const exitCode = code === 'ENOENT' ? 127 : 126;
           const durationMs = performance.now() - started;
-          await this.tryLog(p.sandboxId, `exec ${command} could not start (exit=${exitCode})`);
+          this.tryLog(p.sandboxId, `exec ${command} could not start (exit=${exitCode})`);
           yield { type: 'stderr', data: Buffer.from(`${command}: ${spawnError.message}\n`) };
           yield { type: 'exit', exitCode, timedOut: false, durationMs };
           return;
@@ -899,7 +917,7 @@ export class MockProvider implements Provider {
           const exitCode = timedOut
             ? TIMEOUT_EXIT_CODE
             : (exit.code ?? 128 + signalNumber(exit.signal ?? 'SIGKILL'));
-          await this.tryLog(
+          this.tryLog(
             p.sandboxId,
             `exec ${command} exit=${exitCode}${timedOut ? ' (timed out)' : ''} duration=${Math.round(exit.durationMs)}ms`,
           );
@@ -916,7 +934,7 @@ export class MockProvider implements Provider {
       signal?.removeEventListener('abort', onAbort);
       if (!finished) {
         kill();
-        await this.tryLog(p.sandboxId, `exec ${command} cancelled`);
+        this.tryLog(p.sandboxId, `exec ${command} cancelled`);
       }
       stdout.destroy();
       stderr.destroy();

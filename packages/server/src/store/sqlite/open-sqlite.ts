@@ -123,10 +123,47 @@ export function openSqliteDatabase(
 export function createSqliteStore(opts: CreateSqliteStoreOptions): Promise<Store> {
   try {
     const database = openSqliteDatabase(opts.path, opts.busyTimeoutMs);
-    const db = new Kysely<StoreDatabase>({ dialect: new SqliteDialect({ database }) });
+    const db = new Kysely<StoreDatabase>({
+      dialect: new SqliteDialect({ database: withStatementCache(database) }),
+    });
     const options = opts.clock === undefined ? {} : { clock: opts.clock };
     return Promise.resolve(new KyselyStore(db, sqliteDialectAdapter, options));
   } catch (err) {
     return Promise.reject(err instanceof Error ? err : new Error(String(err)));
   }
+}
+
+/** Statements kept per connection; our queries are a small fixed set. */
+const STATEMENT_CACHE_SIZE = 256;
+
+/**
+ * Kysely's SQLite driver prepares every query anew; preparing costs more than
+ * running our small statements. The same SQL text always compiles to the same
+ * statement, so a bounded cache keyed by text is safe (parameters are bound
+ * per call, never baked into the SQL).
+ */
+export function withStatementCache(db: SqliteDatabase): SqliteDatabase {
+  const cache = new Map<string, Database.Statement>();
+  return new Proxy(db, {
+    get(target, prop, receiver) {
+      if (prop === 'prepare') {
+        return (sql: string): Database.Statement => {
+          let stmt = cache.get(sql);
+          if (stmt === undefined) {
+            stmt = target.prepare(sql);
+            if (cache.size >= STATEMENT_CACHE_SIZE) {
+              const oldest = cache.keys().next().value;
+              if (oldest !== undefined) cache.delete(oldest);
+            }
+            cache.set(sql, stmt);
+          }
+          return stmt;
+        };
+      }
+      const value: unknown = Reflect.get(target, prop, receiver);
+      return typeof value === 'function'
+        ? (value as (...a: unknown[]) => unknown).bind(target)
+        : value;
+    },
+  });
 }
