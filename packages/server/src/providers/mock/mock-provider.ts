@@ -237,11 +237,13 @@ export class MockProvider implements Provider {
       throw fsError(err, '/');
     }
     try {
-      await mkdir(join(root, 'workspace'), { mode: 0o755 });
-      await mkdir(join(root, 'tmp'), { mode: 0o700 });
-      await writeWholeFile(this.logPath(id), '');
-      await this.log(id, `sandbox ${id} started (image ${opts.image})`);
-      await this.log(id, 'workspace ready at /workspace');
+      await Promise.all([
+        mkdir(join(root, 'workspace'), { mode: 0o755 }),
+        mkdir(join(root, 'tmp'), { mode: 0o700 }),
+        writeWholeFile(this.logPath(id), ''),
+      ]);
+      this.tryLog(id, `sandbox ${id} started (image ${opts.image})`);
+      this.tryLog(id, 'workspace ready at /workspace');
     } catch (err) {
       await rm(root, { recursive: true, force: true }).catch(() => undefined);
       throw fsError(err, '/');
@@ -736,10 +738,18 @@ export class MockProvider implements Provider {
       }
     }
     const workdir = spec.workdir === '' ? '/workspace' : spec.workdir;
-    const cwd = await confinePath(root, workdir, { followFinal: true, field: 'workdir' });
-    const st = await stat(cwd.hostPath).catch(() => undefined);
-    if (st === undefined) throw badRequest(`workdir ${cwd.sandboxPath} does not exist`);
-    if (!st.isDirectory()) throw badRequest(`workdir ${cwd.sandboxPath} is not a directory`);
+    // The default workdir skips the confinement walk: it is created by spawn,
+    // and a host command could leave it anyway (the mock has no isolation).
+    // An explicit workdir gets the full check and a clear message.
+    let cwd: { sandboxPath: string; hostPath: string };
+    if (workdir === '/workspace') {
+      cwd = { sandboxPath: workdir, hostPath: join(root, 'workspace') };
+    } else {
+      cwd = await confinePath(root, workdir, { followFinal: true, field: 'workdir' });
+      const st = await stat(cwd.hostPath).catch(() => undefined);
+      if (st === undefined) throw badRequest(`workdir ${cwd.sandboxPath} does not exist`);
+      if (!st.isDirectory()) throw badRequest(`workdir ${cwd.sandboxPath} is not a directory`);
+    }
     const env: Record<string, string> = {
       PATH: process.env['PATH'] ?? FALLBACK_PATH,
       LANG: 'C.UTF-8',
@@ -908,7 +918,9 @@ export class MockProvider implements Provider {
           const exitCode = code === 'ENOENT' ? 127 : 126;
           const durationMs = performance.now() - started;
           this.tryLog(p.sandboxId, `exec ${command} could not start (exit=${exitCode})`);
-          yield { type: 'stderr', data: Buffer.from(`${command}: ${spawnError.message}\n`) };
+          const cwdGone = code === 'ENOENT' && !(await isDirectory(p.cwd));
+          const why = cwdGone ? 'working directory does not exist' : spawnError.message;
+          yield { type: 'stderr', data: Buffer.from(`${command}: ${why}\n`) };
           yield { type: 'exit', exitCode, timedOut: false, durationMs };
           return;
         }
@@ -968,4 +980,11 @@ async function makeWritable(dir: string): Promise<void> {
   await chmod(dir, 0o700).catch(() => undefined);
   const names = await readdir(dir).catch(() => []);
   for (const name of names) await makeWritable(join(dir, name));
+}
+
+async function isDirectory(path: string): Promise<boolean> {
+  return stat(path).then(
+    (st) => st.isDirectory(),
+    () => false,
+  );
 }
