@@ -142,6 +142,24 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
       requestId: 'startup',
       actor: 'system:reconcile',
     });
+    for (const provider of runtime.providerNames) {
+      const policy = provider === 'docker' ? config.providers.docker.orphans : 'adopt';
+      const { adopted, removed } = await sandboxes.reconcileOrphans(
+        LOCAL_WORKER_ID,
+        provider,
+        policy,
+        {
+          requestId: 'startup',
+          actor: 'system:reconcile',
+        },
+      );
+      if (adopted.length + removed.length > 0) {
+        logger.info(
+          { provider, adopted, removed },
+          'reconcile handled runtimes with no live record',
+        );
+      }
+    }
     if (reconciled > 0)
       logger.info(
         { destroyed: reconciled },

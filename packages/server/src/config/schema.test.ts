@@ -44,6 +44,7 @@ describe('config schema', () => {
           user: '',
           dropped_caps: ['ALL'],
           added_caps: [],
+          orphans: 'adopt',
         },
       },
       defaults: {

@@ -158,6 +158,11 @@ const DockerProvider = Type.Object(
     ),
     dropped_caps: list(['ALL'], 'Linux capabilities dropped from sandbox containers.'),
     added_caps: list([], 'Linux capabilities added back to sandbox containers.'),
+    orphans: oneOf(
+      ['adopt', 'remove'],
+      'adopt',
+      'At start, what to do with StacyVM-labelled containers that have no live record: adopt them as sandboxes, or remove them.',
+    ),
   },
   { description: 'The Docker provider.' },
 );

@@ -551,6 +551,73 @@ export class SandboxService {
     return n;
   }
 
+  /**
+   * Startup reconcile of runtimes with no live record (a crash between the
+   * provider spawn and the record, or a record destroyed while the backend
+   * was down). `adopt` turns each into a running sandbox with default
+   * resources and TTL; `remove` destroys it. Runtimes of destroyed records are
+   * always removed: nothing is leaked.
+   */
+  async reconcileOrphans(
+    workerId: string,
+    provider: string,
+    policy: 'adopt' | 'remove',
+    ctx: CallContext,
+  ): Promise<{ adopted: string[]; removed: string[] }> {
+    const client = this.client(workerId);
+    const runtimes = await client.listRuntimes(provider);
+    const adopted: string[] = [];
+    const removed: string[] = [];
+    for (const runtimeId of runtimes) {
+      const rec = await this.o.store.sandboxes.get(runtimeId);
+      if (rec !== undefined && rec.state !== 'destroyed') continue;
+      const ref: RuntimeRef = { sandboxId: runtimeId, provider, runtimeId };
+      if (rec !== undefined || policy === 'remove') {
+        try {
+          await client.destroy(ref);
+          removed.push(runtimeId);
+          this.audit(ctx, 'sandbox.reconcile', runtimeId, 'success', 'orphan runtime removed');
+        } catch (err) {
+          this.o.logger.warn(
+            { sandbox_id: runtimeId, err: (err as Error).message },
+            'orphan removal failed',
+          );
+        }
+        continue;
+      }
+      const now = this.now();
+      const limits = this.o.limits;
+      await this.o.store.sandboxes.insert({
+        id: runtimeId,
+        state: 'running',
+        provider,
+        image: 'unknown',
+        memoryMb: limits.defaultMemoryMb,
+        vcpus: limits.defaultVcpus,
+        ownerId: '',
+        tenantId: '',
+        vmId: '',
+        workerId,
+        metadata: { adopted: 'true' },
+        ports: [...DEFAULT_PORTS],
+        createdAtMs: now,
+        updatedAtMs: now,
+        expiresAtMs: now + limits.defaultTtlMs,
+      });
+      await this.o.store.leases.acquire({
+        resourceId: runtimeId,
+        resourceType: 'sandbox',
+        holderId: workerId,
+        ttlMs: limits.defaultTtlMs + this.leaseGraceMs,
+        nowMs: now,
+      });
+      this.o.events.publish('sandbox.running', runtimeId, { reason: 'adopted_runtime', provider });
+      this.audit(ctx, 'sandbox.reconcile', runtimeId, 'success', 'orphan runtime adopted');
+      adopted.push(runtimeId);
+    }
+    return { adopted, removed };
+  }
+
   // ---- exec ----------------------------------------------------------------
 
   private clip(s: string): { text: string; cut: boolean } {

@@ -56,6 +56,8 @@ export interface WorkerClient {
   readonly workerId: string;
   providers(opts?: CallOptions): Promise<ProviderInfo[]>;
   providerHealth(name: string, opts?: CallOptions): Promise<ProviderHealth>;
+  /** Runtime ids a provider holds on this worker (empty when it cannot list them). */
+  listRuntimes(provider: string, opts?: CallOptions): Promise<string[]>;
   spawn(req: WorkerSpawnRequest, opts?: CallOptions): Promise<WorkerSpawnResult>;
   status(ref: RuntimeRef, opts?: CallOptions): Promise<RuntimeStatus>;
   destroy(ref: RuntimeRef, opts?: CallOptions): Promise<void>;

@@ -147,6 +147,11 @@ export class WorkerRuntime implements WorkerClient {
     return out;
   }
 
+  async listRuntimes(provider: string, opts?: CallOptions): Promise<string[]> {
+    const p = this.provider(provider);
+    return p.listRuntimes === undefined ? [] : p.listRuntimes(opts);
+  }
+
   async spawn(req: WorkerSpawnRequest, opts?: CallOptions): Promise<WorkerSpawnResult> {
     if (this.runtimeState !== 'active') {
       throw new StacyError('UNAVAILABLE', `worker ${this.workerId} is ${this.runtimeState}`);
