@@ -13,8 +13,20 @@ export default defineConfig({
       },
       {
         test: {
+          name: 'docker',
+          include: ['packages/*/src/**/*.docker.test.ts', 'packages/*/test/e2e/**/*.docker.e2e.test.ts'],
+          globalSetup: ['packages/server/test/support/docker-global-setup.ts'],
+          testTimeout: 120_000,
+          hookTimeout: 180_000,
+          // One daemon, two cores: files run one at a time so timings stay sane.
+          fileParallelism: false,
+        },
+      },
+      {
+        test: {
           name: 'e2e',
           include: ['packages/*/test/e2e/**/*.e2e.test.ts'],
+          exclude: ['**/*.docker.e2e.test.ts'],
           testTimeout: 60_000,
           hookTimeout: 60_000,
         },

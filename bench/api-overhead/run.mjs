@@ -196,6 +196,8 @@ async function startServer({ workDir, mockDir, cpuProfDir }) {
   env.HOME = workDir;
   env.STACYVM_LOGGING_LEVEL = 'info';
   env.STACYVM_PROVIDERS_MOCK_BASE_DIR = mockDir;
+  // This benchmark measures the mock provider; keep Docker out of provider selection.
+  env.STACYVM_PROVIDERS_DOCKER_ENABLED = 'false';
 
   const nodeArgs = cpuProfDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${cpuProfDir}`];
   const child = spawn(process.execPath, [...nodeArgs, MAIN_JS, 'serve', '--port', '0'], {

@@ -14,6 +14,7 @@ import { isStacyError } from '../domain/errors.js';
 import { createStore } from '../store/create-store.js';
 import { exitCodeForCommanderError, registerClientCommands } from './client-commands.js';
 import { createControlPlane } from './control-plane.js';
+import { registerImageCommands } from './image-commands.js';
 import { createLogger } from './logger.js';
 
 function load(configPath: string | undefined): LoadedConfig {
@@ -182,6 +183,7 @@ export function buildProgram(): Command {
     .action(migrate);
 
   registerClientCommands(program);
+  registerImageCommands(program);
   return program;
 }
 

@@ -33,6 +33,8 @@ export function serverEnv(dir: string, extra: Record<string, string> = {}): Reco
     HOME: dir,
     STACYVM_PROVIDERS_MOCK_BASE_DIR: join(dir, 'mock'),
     STACYVM_LOGGING_LEVEL: 'info',
+    // The mock-provider suites; Docker e2e tests turn it back on.
+    STACYVM_PROVIDERS_DOCKER_ENABLED: 'false',
     ...extra,
   };
 }

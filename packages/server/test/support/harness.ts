@@ -33,6 +33,8 @@ export async function startHarness(tweak?: (c: StacyConfig) => void): Promise<Ha
   config.database.path = join(dir, 'stacyvm.db');
   config.providers.mock.base_dir = join(dir, 'mock');
   config.logging.level = 'silent';
+  // These tests drive the mock provider; Docker has its own suites.
+  config.providers.docker.enabled = false;
   tweak?.(config);
   const cp = await createControlPlane({ config, logger: pino({ level: 'silent' }) });
   await cp.app.ready();
