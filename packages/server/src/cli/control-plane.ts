@@ -13,6 +13,7 @@ import { Reaper } from '../orchestrator/reaper.js';
 import { SandboxService } from '../orchestrator/sandbox-service.js';
 import { SystemService } from '../orchestrator/system-service.js';
 import { WorkerService } from '../orchestrator/worker-service.js';
+import { DockerProvider } from '../providers/docker/docker-provider.js';
 import { MockProvider } from '../providers/mock/mock-provider.js';
 import type { Provider } from '../providers/provider.js';
 import {
@@ -39,11 +40,40 @@ export interface ControlPlaneOptions {
   clock?: Clock;
 }
 
-/** Chooses and builds the providers the config enables. */
-function buildProviders(
+function dockerSocket(socket: string): string | undefined {
+  if (socket === '') return undefined;
+  return socket.startsWith('unix://') ? socket.slice('unix://'.length) : socket;
+}
+
+function buildDocker(config: StacyConfig, logger: PinoLogger): DockerProvider {
+  const d = config.providers.docker;
+  const socketPath = dockerSocket(d.socket);
+  return new DockerProvider({
+    ...(socketPath === undefined ? {} : { socketPath }),
+    runtime: d.runtime,
+    networkMode: d.network_mode,
+    defaultImage: d.default_image,
+    readOnlyRootfs: d.read_only_rootfs,
+    pidsLimit: d.pids_limit,
+    user: d.user,
+    droppedCaps: d.dropped_caps,
+    addedCaps: d.added_caps,
+    seccompProfile: d.seccomp_profile,
+    memory: d.memory,
+    cpus: d.cpus,
+    previewDomain: config.server.preview_domain,
+    onPullProgress: (p) => logger.info({ pull: p }, 'image pull progress'),
+  });
+}
+
+/**
+ * Chooses and builds the providers the config enables. `auto` picks docker
+ * when its daemon answers and mock otherwise, and says which in the log.
+ */
+async function buildProviders(
   config: StacyConfig,
   logger: PinoLogger,
-): { providers: Provider[]; defaultName: string } {
+): Promise<{ providers: Provider[]; defaultName: string }> {
   const providers: Provider[] = [];
   if (config.providers.mock.enabled) {
     providers.push(
@@ -53,27 +83,40 @@ function buildProviders(
     );
   }
   const wanted = config.providers.default;
-  if (wanted === 'docker') {
-    throw new Error(
-      'providers.default is "docker" but the docker provider is not available in this build yet; use "auto" or "mock"',
-    );
+  if (config.providers.docker.enabled) {
+    const docker = buildDocker(config, logger);
+    if (wanted === 'auto') {
+      try {
+        await docker.init();
+        providers.push(docker);
+      } catch (err) {
+        logger.warn(
+          { provider: 'docker', err: (err as Error).message },
+          'docker daemon does not answer; the docker provider is disabled',
+        );
+      }
+    } else {
+      providers.push(docker);
+    }
   }
+  let defaultName: string = wanted;
   if (wanted === 'auto') {
-    if (!config.providers.mock.enabled) {
+    const pick =
+      providers.find((p) => p.name === 'docker') ?? providers.find((p) => p.name === 'mock');
+    if (pick === undefined) {
       throw new Error(
-        'providers.default is "auto" but no provider is available: enable providers.mock',
+        'providers.default is "auto" but neither docker (daemon not answering) nor mock (disabled) is available',
       );
     }
+    defaultName = pick.name;
     logger.info(
-      { provider: 'mock' },
-      'providers.default=auto selected the mock provider (docker provider not available in this build)',
+      { provider: pick.name },
+      `providers.default=auto selected the ${pick.name} provider`,
     );
-    return { providers, defaultName: 'mock' };
-  }
-  if (!providers.some((p) => p.name === wanted)) {
+  } else if (!providers.some((p) => p.name === wanted)) {
     throw new Error(`providers.default is "${wanted}" but that provider is not enabled`);
   }
-  return { providers, defaultName: wanted };
+  return { providers, defaultName };
 }
 
 /** The composition root of `stacyvm serve`: builds every part from config. Does not listen. */
@@ -89,7 +132,7 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
     const applied = await store.migrate();
     if (applied.length > 0) logger.info({ versions: applied }, 'database migrations applied');
 
-    const { providers, defaultName } = buildProviders(config, logger);
+    const { providers, defaultName } = await buildProviders(config, logger);
     const runtime = new WorkerRuntime({
       workerId: LOCAL_WORKER_ID,
       providers,

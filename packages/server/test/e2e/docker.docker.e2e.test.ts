@@ -30,7 +30,11 @@ describe.runIf(inject('dockerAvailable'))('Docker sandboxes through the stacyvm 
   });
   afterAll(async () => {
     await server.stop();
-    for (const id of created) await docker.getContainer(id).remove({ force: true }).catch(() => undefined);
+    for (const id of created)
+      await docker
+        .getContainer(id)
+        .remove({ force: true })
+        .catch(() => undefined);
     cleanup(server.dir);
   });
 
@@ -54,7 +58,9 @@ describe.runIf(inject('dockerAvailable'))('Docker sandboxes through the stacyvm 
     expect(info.HostConfig.CapDrop).toContain('ALL');
     expect(info.HostConfig.SecurityOpt).toContain('no-new-privileges:true');
 
-    const hello = cli(['exec', id, '--', 'sh', '-c', 'echo hello from $(pwd) as $(id -un)'], { env });
+    const hello = cli(['exec', id, '--', 'sh', '-c', 'echo hello from $(pwd) as $(id -un)'], {
+      env,
+    });
     expect(hello.status).toBe(0);
     expect(hello.stdout.toString()).toBe('hello from /workspace as sandbox\n');
     expect(cli(['exec', id, '--shell', '--', 'exit 7'], { env }).status).toBe(7);
@@ -74,14 +80,17 @@ describe.runIf(inject('dockerAvailable'))('Docker sandboxes through the stacyvm 
   });
 
   it('fails fast with NOT_FOUND for an image that is not present and cannot be pulled, leaving nothing', async () => {
-    const before = (await docker.listContainers({ all: true, filters: { label: ['stacyvm=true'] } })).length;
+    const before = (
+      await docker.listContainers({ all: true, filters: { label: ['stacyvm=true'] } })
+    ).length;
     const started = Date.now();
     const r = cli(['spawn', '--image', 'stacyvm-test/does-not-exist:latest'], { env });
     expect(r.status).toBe(1);
     expect(r.stderr.toString()).toMatch(/NOT_FOUND/);
     expect(r.stderr.toString()).toContain('stacyvm-test/does-not-exist');
     expect(Date.now() - started).toBeLessThan(20_000);
-    const after = (await docker.listContainers({ all: true, filters: { label: ['stacyvm=true'] } })).length;
+    const after = (await docker.listContainers({ all: true, filters: { label: ['stacyvm=true'] } }))
+      .length;
     expect(after).toBe(before);
     const list = JSON.parse(cli(['list', '--json'], { env }).stdout.toString()) as unknown[];
     expect(list).toHaveLength(0);

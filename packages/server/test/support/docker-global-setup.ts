@@ -1,4 +1,6 @@
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
 import Docker from 'dockerode';
 import type { TestProject } from 'vitest/node';
 
@@ -13,8 +15,18 @@ declare module 'vitest' {
 }
 
 async function removeLabelled(docker: Docker, runId: string): Promise<number> {
-  const list = await docker.listContainers({ all: true, filters: { label: [`${TEST_RUN_LABEL}=${runId}`] } });
-  await Promise.all(list.map((c) => docker.getContainer(c.Id).remove({ force: true, v: true }).catch(() => undefined)));
+  const list = await docker.listContainers({
+    all: true,
+    filters: { label: [`${TEST_RUN_LABEL}=${runId}`] },
+  });
+  await Promise.all(
+    list.map((c) =>
+      docker
+        .getContainer(c.Id)
+        .remove({ force: true, v: true })
+        .catch(() => undefined),
+    ),
+  );
   return list.length;
 }
 
@@ -33,6 +45,23 @@ export default async function setup(project: TestProject): Promise<() => Promise
     available = false;
     if (process.env['CI'] === 'true') {
       throw new Error(`CI=true but the Docker daemon does not answer: ${(err as Error).message}`);
+    }
+  }
+  if (available) {
+    // The suites use the busybox test image; build it (about 2 s) when missing so a
+    // fresh clone's `npm test` works on any machine with a daemon.
+    const present = await docker
+      .getImage('stacyvm-test/busybox:latest')
+      .inspect()
+      .then(
+        () => true,
+        () => false,
+      );
+    if (!present) {
+      const script = fileURLToPath(
+        new URL('../../../../scripts/build-test-images.sh', import.meta.url),
+      );
+      execFileSync('bash', [script, '--only', 'busybox'], { stdio: 'inherit' });
     }
   }
   project.provide('dockerTestRun', runId);
