@@ -705,3 +705,41 @@ describe('MockProvider', () => {
     });
   });
 });
+
+describe('MockProvider teardown', () => {
+  it('makes a destroyed sandbox gone at once and deletes its tree in the background', async () => {
+    const baseDir = await mkdtemp(join(tmpdir(), 'stacyvm-mock-trash-'));
+    try {
+      const p = new MockProvider({ baseDir });
+      await p.init();
+      await p.spawn({
+        sandboxId: 'sb-0000abcd',
+        image: 'x',
+        memoryMb: 1,
+        vcpus: 1,
+        metadata: {},
+        ports: [],
+      });
+      await p.writeFile('sb-0000abcd', '/workspace/a.txt', Buffer.from('a'), 0o644);
+      await p.destroy('sb-0000abcd');
+      expect(await p.listRuntimes()).toEqual([]);
+      await expect(p.status('sb-0000abcd')).rejects.toMatchObject({ code: 'NOT_FOUND' });
+      const deadline = Date.now() + 5000;
+      while ((await readdir(baseDir)).length > 0 && Date.now() < deadline) await sleep(20);
+      expect(await readdir(baseDir)).toEqual([]);
+    } finally {
+      await rm(baseDir, { recursive: true, force: true });
+    }
+  });
+
+  it('finishes deleting trees a previous process left behind when it starts', async () => {
+    const baseDir = await mkdtemp(join(tmpdir(), 'stacyvm-mock-trash-'));
+    try {
+      await mkdir(join(baseDir, '.trash-sb-00000001-abcd', 'workspace'), { recursive: true });
+      await new MockProvider({ baseDir }).init();
+      expect(await readdir(baseDir)).toEqual([]);
+    } finally {
+      await rm(baseDir, { recursive: true, force: true });
+    }
+  });
+});

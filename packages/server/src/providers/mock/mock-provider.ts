@@ -65,6 +65,9 @@ const LOW_WATER_BYTES = 64 * 1024;
  * once they stay quiet this long the exec is reported finished anyway.
  */
 const PIPE_GRACE_MS = 200;
+
+/** Name prefix of sandbox trees being deleted in the background. */
+const TRASH_PREFIX = '.trash-';
 /** Console log bytes read for `logs`; older lines are out of reach. */
 const MAX_LOG_READ_BYTES = 1024 * 1024;
 /** setTimeout fires at once for delays beyond a signed 32-bit int; longer deadlines are capped (~24.8 days). */
@@ -202,6 +205,13 @@ export class MockProvider implements Provider {
   /** Creates `baseDir` (mode 0700: other host users must not read sandboxes). */
   async init(): Promise<void> {
     await this.ensureBaseDir();
+    // Trees left by destroys that a previous process did not finish deleting.
+    const entries = await readdir(this.baseDir).catch(() => [] as string[]);
+    await Promise.all(
+      entries
+        .filter((e) => e.startsWith(TRASH_PREFIX))
+        .map((e) => removeTree(join(this.baseDir, e)).catch(() => undefined)),
+    );
   }
 
   async health(): Promise<ProviderHealth> {
@@ -240,7 +250,6 @@ export class MockProvider implements Provider {
       await Promise.all([
         mkdir(join(root, 'workspace'), { mode: 0o755 }),
         mkdir(join(root, 'tmp'), { mode: 0o700 }),
-        writeWholeFile(this.logPath(id), ''),
       ]);
       this.tryLog(id, `sandbox ${id} started (image ${opts.image})`);
       this.tryLog(id, 'workspace ready at /workspace');
@@ -263,7 +272,17 @@ export class MockProvider implements Provider {
     for (const pgid of this.groups.get(id) ?? []) killGroup(pgid);
     this.groups.delete(id);
     const root = join(this.baseDir, id);
-    await removeTree(root);
+    // Renaming is one syscall and makes the sandbox gone at once; the tree is
+    // deleted in the background (and by init() if the process dies first).
+    const trash = join(this.baseDir, `${TRASH_PREFIX}${id}-${randomBytes(4).toString('hex')}`);
+    let moved = true;
+    try {
+      await rename(root, trash);
+    } catch (err) {
+      if (errnoCode(err) === 'ENOENT') moved = false;
+      else await removeTree(root);
+    }
+    if (moved) void removeTree(trash).catch(() => undefined);
     await this.flushLog(id);
     await rm(this.logPath(id), { force: true });
   }
