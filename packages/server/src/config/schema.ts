@@ -149,12 +149,20 @@ const DockerProvider = Type.Object(
       'Seccomp profile: "default" (Docker\'s), a profile file path, or "unconfined" (not recommended).',
     ),
     read_only_rootfs: bool(false, 'Mount the container root filesystem read-only.'),
-    memory: str('512m', 'Memory limit per container in Docker syntax (e.g. 512m, 2g).'),
-    cpus: Type.Number({ default: 1, description: 'CPU limit per container.', minimum: 0 }),
+    memory: str(
+      '512m',
+      'Memory limit (Docker syntax, e.g. 512m, 2g) for a container whose spawn names none; spawns through the API always carry memory_mb (default defaults.memory_mb).',
+    ),
+    cpus: Type.Number({
+      default: 1,
+      description:
+        'CPU limit for a container whose spawn names none; spawns through the API always carry vcpus (default defaults.vcpus).',
+      minimum: 0,
+    }),
     pids_limit: int(256, 'Process limit per container (0 = unlimited).', { minimum: 0 }),
     user: str(
       '',
-      'User the sandbox process runs as (e.g. 1000:1000). Empty means the image default.',
+      'User sandbox commands run as (name, uid or uid:gid). Empty means: the image\'s USER, else a non-root account named sandbox, else the lowest uid >= 1000, else root (still without capabilities).',
     ),
     dropped_caps: list(['ALL'], 'Linux capabilities dropped from sandbox containers.'),
     added_caps: list([], 'Linux capabilities added back to sandbox containers.'),
