@@ -1,8 +1,10 @@
 import { createHash } from 'node:crypto';
+import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import Docker from 'dockerode';
+import { pack as tarPack } from 'tar-stream';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { StacyError } from '../../domain/errors.js';
 import type { ErrorCode } from '../../domain/errors.js';
@@ -220,6 +222,71 @@ describe.skipIf(!available)('DockerProvider on the Docker Engine', () => {
       }
     });
 
+    it('fixes /workspace and /tmp of an image only when they do not suit the user', async () => {
+      const run = runLabels['stacyvm.test-run'];
+      /** A local image from the test image with /workspace and /tmp as given. */
+      const derive = async (
+        name: string,
+        workspaceUid: number,
+        tmpMode: number,
+      ): Promise<string> => {
+        const base = await docker.createContainer({
+          Image: IMAGE,
+          Cmd: ['true'],
+          Labels: runLabels,
+        });
+        try {
+          const pack = tarPack();
+          pack.entry({ name: 'workspace', type: 'directory', mode: 0o755, uid: workspaceUid });
+          pack.entry({ name: 'tmp', type: 'directory', mode: tmpMode });
+          pack.finalize();
+          await base.putArchive(Readable.from(pack, { objectMode: false }), { path: '/' });
+          await base.commit({ repo: `stacyvm-test/${name}`, tag: run });
+        } finally {
+          await base.remove({ force: true });
+        }
+        return `stacyvm-test/${name}:${run}`;
+      };
+      /** Archive extractions the Engine reported for a container since `since` (seconds). */
+      const extractions = async (id: string, since: number): Promise<number> => {
+        const until = Math.ceil(Date.now() / 1000) + 1;
+        const events = await docker.getEvents({ since, until, filters: { container: [id] } });
+        let text = '';
+        for await (const chunk of events) text += String(chunk);
+        return text
+          .split('\n')
+          .filter((l) => l.trim() !== '')
+          .filter((l) => (JSON.parse(l) as { Action?: string }).Action === 'extract-to-dir').length;
+      };
+      const unready = await derive('busybox-unready', 0, 0o755);
+      const ready = await derive('busybox-ready', 1000, 0o1777);
+      const check = spec(
+        'id -u; stat -c %u /workspace; echo ok > /workspace/f && cat f; touch /tmp/t && stat -c %a /tmp',
+      );
+      try {
+        const since = Math.floor(Date.now() / 1000) - 1;
+        await withSandbox(
+          async (id) => {
+            expect(await extractions(id, since)).toBe(1);
+            expect((await provider.exec(id, check)).stdout).toBe('1000\n1000\nok\n1777\n');
+          },
+          provider,
+          { image: unready },
+        );
+        await withSandbox(
+          async (id) => {
+            expect(await extractions(id, since)).toBe(0);
+            expect((await provider.exec(id, check)).stdout).toBe('1000\n1000\nok\n1777\n');
+          },
+          provider,
+          { image: ready },
+        );
+      } finally {
+        await docker.getImage(unready).remove({ force: true });
+        await docker.getImage(ready).remove({ force: true });
+      }
+    });
+
     it('fails fast with NOT_FOUND naming an image that is neither present nor pullable, leaving nothing', async () => {
       const id = newSandboxId();
       const started = performance.now();
@@ -358,10 +425,12 @@ describe.skipIf(!available)('DockerProvider on the Docker Engine', () => {
 
     it('returns the last lines of the container log, stdout and stderr alike', async () => {
       await withSandbox(async (id) => {
-        // PID 1's output is the container log; write to it from an exec.
+        // PID 1's output is the container log; the pauses keep the two streams' lines in order.
         await provider.exec(
           id,
-          spec('echo one > /proc/1/fd/1; echo two > /proc/1/fd/2; echo three > /proc/1/fd/1'),
+          spec(
+            'echo one > /proc/1/fd/1; sleep 0.2; echo two > /proc/1/fd/2; sleep 0.2; echo three > /proc/1/fd/1',
+          ),
         );
         expect(await provider.logs(id, 10)).toEqual(['one', 'two', 'three']);
         expect(await provider.logs(id, 2)).toEqual(['two', 'three']);

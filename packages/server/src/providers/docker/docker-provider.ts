@@ -42,6 +42,7 @@ import {
   classifyFsStderr,
   classifyOciFailure,
   computeStats,
+  dirFixes,
   demuxAll,
   engineFailure,
   entryFromPathStat,
@@ -65,7 +66,13 @@ import {
   scriptArgv,
   splitNul,
 } from './docker-spec.js';
-import type { EngineErrorContext, ImageReference, PathStat, SandboxUser } from './docker-spec.js';
+import type {
+  DirFixes,
+  EngineErrorContext,
+  ImageReference,
+  PathStat,
+  SandboxUser,
+} from './docker-spec.js';
 
 /** One line of image pull progress. */
 export interface PullProgress {
@@ -344,6 +351,23 @@ class Tripwire {
   }
 }
 
+/** The header of the first entry of a tar stream; the rest is not read. */
+async function firstTarHeader(res: Readable): Promise<Header | undefined> {
+  const ex = tarExtract();
+  res.on('error', (err) => ex.destroy(err));
+  res.pipe(ex);
+  try {
+    for await (const entry of ex) {
+      entry.resume();
+      return entry.header;
+    }
+    return undefined;
+  } finally {
+    res.destroy();
+    ex.destroy();
+  }
+}
+
 /** The bytes of the first regular file in a tar stream, as they arrive. */
 async function* tarFileBody(res: Readable): AsyncGenerator<Uint8Array> {
   const ex = tarExtract();
@@ -374,6 +398,12 @@ interface ExecPlan {
   marker: string;
 }
 
+/** What spawning an image takes, learnt once per image. */
+interface ImagePlan {
+  user: SandboxUser;
+  fixes: DirFixes;
+}
+
 /** Result of a helper command behind a file operation. */
 interface InternalResult {
   exitCode: number;
@@ -401,7 +431,12 @@ interface InternalResult {
  * in parts joined inside the container; downloads stream the tar entry out)
  * and small helper commands run as the sandbox user (`find`, `stat`, `mv`,
  * `rm`, `chmod`, paths passed as argv). The image needs a POSIX `sh`,
- * `grep -z`, `find`, `stat -c` (busybox or coreutils).
+ * `grep -z`, `find`, `stat -c` (busybox or coreutils). Reads go through the
+ * daemon and so reach any path of the container; writes are first checked
+ * to be where the sandbox user may write. That check precedes the upload,
+ * so a process in the sandbox racing it could redirect a write elsewhere in
+ * its own container (never outside it: the daemon resolves paths in the
+ * container's scope).
  */
 export class DockerProvider implements Provider {
   readonly name = 'docker';
@@ -430,8 +465,8 @@ export class DockerProvider implements Provider {
   private seccompValue: Promise<string> | undefined;
   /** Sandboxes verified as ours, with the identity their files get. */
   private readonly owned = new Map<string, SandboxUser>();
-  /** Sandbox user per image id and user spec. */
-  private readonly imageUsers = new Map<string, Promise<SandboxUser>>();
+  /** What a spawn of an image needs, per image id and user spec. */
+  private readonly imagePlans = new Map<string, Promise<ImagePlan>>();
 
   constructor(options: DockerProviderOptions = {}) {
     const endpoint = resolveEndpoint(options.socketPath);
@@ -546,7 +581,8 @@ export class DockerProvider implements Provider {
     });
     const seccomp = await this.seccomp();
     const image = await this.ensureImage(ref, requested, signal);
-    const user = await this.userForImage(ref, image, signal);
+    const plan = await this.imagePlan(ref, image, signal);
+    const user = plan.user;
     const spec = buildContainerSpec({
       sandboxId: id,
       image: ref.canonical,
@@ -575,8 +611,9 @@ export class DockerProvider implements Provider {
       created = true;
       // Docker would create a missing WorkingDir owned by root; a non-root
       // user needs its own /workspace and a world-writable /tmp. Done through
-      // the archive API before start: root in the container has no CAP_CHOWN.
-      if (!this.readOnlyRootfs && user.uid !== 0) await this.prepareDirs(id, user, signal);
+      // the archive API (root in the container has no CAP_CHOWN), and only
+      // when the image lacks them: each upload costs the Engine a re-exec.
+      if (plan.fixes.workspace || plan.fixes.tmp) await this.prepareDirs(id, plan, signal);
       await this.engine.startContainer(id, signal);
     } catch (err) {
       if (created) await this.engine.removeContainer(id).catch(() => undefined);
@@ -1132,31 +1169,37 @@ export class DockerProvider implements Provider {
     return pulled;
   }
 
-  /** The numeric identity a sandbox of this image runs as (see `DockerProviderOptions.user`). */
-  private async userForImage(
+  /**
+   * Who a sandbox of this image runs as (see `DockerProviderOptions.user`)
+   * and which directories need fixing before start; worked out once per
+   * image id from a probe container.
+   */
+  private imagePlan(
     ref: ImageReference,
     image: ImageFacts,
     signal: AbortSignal | undefined,
-  ): Promise<SandboxUser> {
+  ): Promise<ImagePlan> {
     const spec = this.user !== '' ? this.user : image.user;
-    const direct = numericUser(spec);
-    if (direct !== undefined) return direct;
     const key = `${image.id}|${spec}`;
-    let pending = this.imageUsers.get(key);
+    let pending = this.imagePlans.get(key);
     if (pending === undefined) {
-      pending = this.probeUser(ref, spec, signal);
-      this.imageUsers.set(key, pending);
-      pending.catch(() => this.imageUsers.delete(key));
+      pending = this.probeImage(ref, spec, signal);
+      this.imagePlans.set(key, pending);
+      pending.catch(() => this.imagePlans.delete(key));
     }
     return pending;
   }
 
-  /** Reads the image's /etc/passwd from a created, never started, unlabelled-as-sandbox container. */
-  private async probeUser(
+  /**
+   * Reads the image's `/etc/passwd` and looks at its `/workspace` and
+   * `/tmp` through a created, never started container that is not labelled
+   * as a sandbox.
+   */
+  private async probeImage(
     ref: ImageReference,
     spec: string,
     signal: AbortSignal | undefined,
-  ): Promise<SandboxUser> {
+  ): Promise<ImagePlan> {
     const probeId = await this.call(
       `inspect image ${ref.canonical}`,
       (s) =>
@@ -1164,22 +1207,55 @@ export class DockerProvider implements Provider {
       {},
       signal,
     );
-    let text: string | undefined;
     try {
-      text = await this.readSmallFile(probeId, '/etc/passwd', MAX_PASSWD_BYTES, signal);
+      let user = numericUser(spec);
+      if (user === undefined) {
+        const text = await this.readSmallFile(probeId, '/etc/passwd', MAX_PASSWD_BYTES, signal);
+        const passwd = parsePasswd(text ?? '');
+        const resolved = spec === '' ? chooseSandboxUser(passwd) : resolveUserSpec(spec, passwd);
+        if ('problem' in resolved) {
+          throw new StacyError(
+            'BAD_REQUEST',
+            `cannot run ${ref.canonical} as ${spec}: ${resolved.problem}`,
+          );
+        }
+        user = resolved;
+      }
+      if (user.uid === 0 || this.readOnlyRootfs) {
+        return { user, fixes: { workspace: false, tmp: false } };
+      }
+      const workspace = await this.dirHeader(probeId, WORKSPACE_DIR, signal);
+      const tmpHeader = await this.engine.statPath(probeId, '/tmp', signal);
+      const tmp = tmpHeader === undefined ? undefined : parsePathStatHeader(tmpHeader);
+      return { user, fixes: dirFixes(user, workspace, tmp) };
+    } catch (err) {
+      if (signal?.aborted === true) throw abortError(signal);
+      throw mapEngineError(err, {
+        endpoint: this.endpoint,
+        action: `inspect image ${ref.canonical}`,
+      });
     } finally {
       await this.engine.removeContainer(probeId).catch(() => undefined);
     }
-    const passwd = parsePasswd(text ?? '');
-    if (spec === '') return chooseSandboxUser(passwd);
-    const resolved = resolveUserSpec(spec, passwd);
-    if ('problem' in resolved) {
-      throw new StacyError(
-        'BAD_REQUEST',
-        `cannot run ${ref.canonical} as ${spec}: ${resolved.problem}`,
-      );
+  }
+
+  /** Owner and mode of a directory from the first header of its archive; undefined when missing. */
+  private async dirHeader(
+    containerId: string,
+    path: string,
+    signal: AbortSignal | undefined,
+  ): Promise<{ uid: number; mode: number; isDir: boolean } | undefined> {
+    let res: Readable;
+    try {
+      res = await this.engine.getArchive(containerId, path, signal);
+    } catch (err) {
+      if (engineFailure(err).statusCode === 404) return undefined;
+      throw err;
     }
-    return resolved;
+    const header = await firstTarHeader(res);
+    return header === undefined
+      ? undefined
+      : { uid: header.uid, mode: header.mode, isDir: header.type === 'directory' };
   }
 
   /** A small file's text through the archive API; undefined when it does not exist. */
@@ -1207,23 +1283,25 @@ export class DockerProvider implements Provider {
     return Buffer.concat(parts).subarray(0, maxBytes).toString('utf8');
   }
 
-  /** `/workspace` owned by the sandbox user and a sticky world-writable `/tmp`, before start. */
+  /**
+   * `/workspace` owned by the sandbox user and a sticky world-writable
+   * `/tmp`, written before start as the directory entries of a tar (which
+   * the Engine applies to existing directories too).
+   */
   private async prepareDirs(
     id: string,
-    user: SandboxUser,
+    plan: ImagePlan,
     signal: AbortSignal | undefined,
   ): Promise<void> {
     const pack = tarPack();
     const mtime = new Date();
-    pack.entry({
-      name: 'workspace',
-      type: 'directory',
-      mode: 0o755,
-      uid: user.uid,
-      gid: user.gid,
-      mtime,
-    });
-    pack.entry({ name: 'tmp', type: 'directory', mode: 0o1777, uid: 0, gid: 0, mtime });
+    const { uid, gid } = plan.user;
+    if (plan.fixes.workspace) {
+      pack.entry({ name: 'workspace', type: 'directory', mode: 0o755, uid, gid, mtime });
+    }
+    if (plan.fixes.tmp) {
+      pack.entry({ name: 'tmp', type: 'directory', mode: 0o1777, uid: 0, gid: 0, mtime });
+    }
     pack.finalize();
     await this.engine.putArchive(id, '/', packStream(pack), signal);
   }
@@ -1630,6 +1708,8 @@ export class DockerProvider implements Provider {
 
     try {
       for (;;) {
+        // Checked before the queue: a slow consumer must not delay a cancellation.
+        if (aborted && signal !== undefined) throw abortError(signal);
         const ev = queue.shift();
         if (ev !== undefined) {
           if (ev.type !== 'exit') queuedBytes -= ev.data.byteLength;
@@ -1640,7 +1720,6 @@ export class DockerProvider implements Provider {
           yield ev;
           continue;
         }
-        if (aborted && signal !== undefined) throw abortError(signal);
         if (ended) {
           const durationMs = performance.now() - started;
           if (timedOut) {

@@ -27,6 +27,7 @@ import {
   classifyOciFailure,
   computeStats,
   demuxAll,
+  dirFixes,
   fsCommandError,
   globMaxDepth,
   isValidPreviewDomain,
@@ -90,6 +91,11 @@ function joined(frames: DemuxFrame[]): [string, string][] {
     else out.push([f.stream, f.data.toString()]);
   }
   return out;
+}
+
+/** A directory's mode as Go's os.FileMode puts it (sticky is its own bit, not 0o1000). */
+function goDirMode(perm: number): number {
+  return 2 ** 31 + ((perm & 0o1000) !== 0 ? 2 ** 20 : 0) + (perm & 0o777);
 }
 
 /** The base64 JSON the Engine puts in X-Docker-Container-Path-Stat. */
@@ -630,6 +636,25 @@ describe('file helpers', () => {
     expect(splitNul(Buffer.alloc(0))).toEqual([]);
   });
 
+  it('fixes only the directories that do not suit a non-root user', () => {
+    const user = { uid: 1000, gid: 1000 };
+    const tmp = (perm: number) =>
+      parsePathStatHeader(pathStatHeader({ name: 'tmp', size: 0, mode: goDirMode(perm) }));
+    expect(dirFixes(user, { uid: 1000, mode: 0o755, isDir: true }, tmp(0o1777))).toEqual({
+      workspace: false,
+      tmp: false,
+    });
+    expect(dirFixes(user, undefined, undefined)).toEqual({ workspace: true, tmp: true });
+    expect(dirFixes(user, { uid: 0, mode: 0o777, isDir: true }, tmp(0o755)).workspace).toBe(true);
+    expect(dirFixes(user, { uid: 1000, mode: 0o555, isDir: true }, tmp(0o777))).toEqual({
+      workspace: true,
+      tmp: true,
+    });
+    expect(dirFixes(user, { uid: 1000, mode: 0o755, isDir: false }, tmp(0o1777)).workspace).toBe(
+      true,
+    );
+  });
+
   it('bounds a glob walk by the pattern depth unless it has **', () => {
     expect(globMaxDepth('/workspace/g/*.log', '/workspace/g')).toBe(1);
     expect(globMaxDepth('/workspace/*/x/*.ts', '/workspace')).toBe(3);
@@ -878,11 +903,14 @@ class FakeEngine implements DockerEngine {
   readonly images = new Map<string, ImageFacts>();
   passwd: string | undefined =
     'root:x:0:0:root:/root:/bin/sh\nsandbox:x:1000:1000::/workspace:/bin/sh\n';
+  /** Owner and mode of the image's /workspace; undefined when it has none. */
+  workspace: { uid: number; mode: number } | undefined;
+  tmpMode = 0o755;
   pullLines: PullProgressLine[] = [];
-  pullError: unknown;
+  pullError: Error | undefined;
   pullHangs = false;
-  createError: unknown;
-  startError: unknown;
+  createError: Error | undefined;
+  startError: Error | undefined;
   readonly created: ContainerSpec[] = [];
   readonly removed: string[] = [];
   readonly puts: string[] = [];
@@ -950,11 +978,15 @@ class FakeEngine implements DockerEngine {
     this.puts.push(names.join(' '));
   }
   getArchive(_id: string, path: string): Promise<Readable> {
-    if (path !== '/etc/passwd' || this.passwd === undefined) {
+    const p = tarPack();
+    if (path === '/etc/passwd' && this.passwd !== undefined) {
+      p.entry({ name: 'passwd', type: 'file' }, Buffer.from(this.passwd));
+    } else if (path === '/workspace' && this.workspace !== undefined) {
+      p.entry({ name: 'workspace', type: 'directory', ...this.workspace });
+      p.entry({ name: 'workspace/big.bin', type: 'file' }, Buffer.alloc(1024));
+    } else {
       return Promise.reject(Object.assign(new Error('not found'), { statusCode: 404 }));
     }
-    const p = tarPack();
-    p.entry({ name: 'passwd', type: 'file' }, Buffer.from(this.passwd));
     p.finalize();
     return Promise.resolve(Readable.from(p, { objectMode: false }));
   }
@@ -973,8 +1005,9 @@ class FakeEngine implements DockerEngine {
   inspectExec(): Promise<ExecFacts> {
     return Promise.reject(new Error('not faked'));
   }
-  statPath(): Promise<string | undefined> {
-    return Promise.reject(new Error('not faked'));
+  statPath(_id: string, path: string): Promise<string | undefined> {
+    if (path !== '/tmp') return Promise.reject(new Error('not faked'));
+    return Promise.resolve(pathStatHeader({ name: 'tmp', size: 0, mode: goDirMode(this.tmpMode) }));
   }
 }
 
@@ -1086,6 +1119,20 @@ describe('DockerProvider spawn decisions', () => {
     expect(engine.calls.filter((c) => c.startsWith('probe'))).toHaveLength(1);
     expect(engine.created.map((s) => s.User)).toEqual(['0:0', '0:0']);
     expect(engine.puts).toEqual([]);
+  });
+
+  it('leaves an image whose /workspace and /tmp already suit the user untouched', async () => {
+    const engine = new FakeEngine();
+    engine.images.set('ready:latest', { id: 'sha256:r', user: '' });
+    engine.workspace = { uid: 1000, mode: 0o755 };
+    engine.tmpMode = 0o1777;
+    await new DockerProvider({ engine }).spawn(spawnOpts('ready'));
+    expect(engine.created[0]?.User).toBe('1000:1000');
+    expect(engine.puts).toEqual([]);
+    engine.workspace = { uid: 0, mode: 0o755 };
+    engine.images.set('half:latest', { id: 'sha256:h', user: '' });
+    await new DockerProvider({ engine }).spawn(spawnOpts('half', 'sb-0000aaa9'));
+    expect(engine.puts).toEqual(['workspace:1000:755']);
   });
 
   it('honours a configured user and the image USER, by name or number', async () => {

@@ -471,6 +471,34 @@ export function numericUser(spec: string): SandboxUser | undefined {
   return m === null ? undefined : { uid: Number(m[1]), gid: Number(m[2]) };
 }
 
+/** Directories a non-root sandbox needs fixed before start. */
+export interface DirFixes {
+  /** `/workspace` is missing, not a directory, or not the user's to write. */
+  workspace: boolean;
+  /** `/tmp` is missing or not sticky and world-writable. */
+  tmp: boolean;
+}
+
+/**
+ * Which of `/workspace` and `/tmp` a non-root user needs fixed, from the
+ * image's tar header of `/workspace` and its path stat of `/tmp` (undefined
+ * when missing).
+ */
+export function dirFixes(
+  user: SandboxUser,
+  workspace: { uid: number; mode: number; isDir: boolean } | undefined,
+  tmp: PathStat | undefined,
+): DirFixes {
+  return {
+    workspace:
+      workspace === undefined ||
+      !workspace.isDir ||
+      workspace.uid !== user.uid ||
+      (workspace.mode & 0o700) !== 0o700,
+    tmp: tmp === undefined || !tmp.isDir || (tmp.perm & 0o1777) !== 0o1777,
+  };
+}
+
 // ---------------------------------------------------------------------------
 // Container state
 
