@@ -14,7 +14,10 @@ export default defineConfig({
       {
         test: {
           name: 'docker',
-          include: ['packages/*/src/**/*.docker.test.ts', 'packages/*/test/e2e/**/*.docker.e2e.test.ts'],
+          include: [
+            'packages/*/src/**/*.docker.test.ts',
+            'packages/*/test/e2e/**/*.docker.e2e.test.ts',
+          ],
           globalSetup: ['packages/server/test/support/docker-global-setup.ts'],
           testTimeout: 120_000,
           hookTimeout: 180_000,

@@ -162,7 +162,7 @@ const DockerProvider = Type.Object(
     pids_limit: int(256, 'Process limit per container (0 = unlimited).', { minimum: 0 }),
     user: str(
       '',
-      'User sandbox commands run as (name, uid or uid:gid). Empty means: the image\'s USER, else a non-root account named sandbox, else the lowest uid >= 1000, else root (still without capabilities).',
+      "User sandbox commands run as (name, uid or uid:gid). Empty means: the image's USER, else a non-root account named sandbox, else the lowest uid >= 1000, else root (still without capabilities).",
     ),
     dropped_caps: list(['ALL'], 'Linux capabilities dropped from sandbox containers.'),
     added_caps: list([], 'Linux capabilities added back to sandbox containers.'),

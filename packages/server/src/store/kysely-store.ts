@@ -385,7 +385,7 @@ class SqlSandboxStore implements SandboxStore {
   }
 
   countByWorker(filter: SandboxListFilter = {}): Promise<Map<string, number>> {
-    if (filter.states?.length === 0) return Promise.resolve(new Map());
+    if (filter.states?.length === 0) return Promise.resolve(new Map<string, number>());
     return this.run('count sandboxes by worker', async (db) => {
       const rows = await db
         .selectFrom('sandboxes')
