@@ -77,3 +77,42 @@ describe('startup reconcile', () => {
     }
   });
 });
+
+describe('a runtime removed behind our back', () => {
+  it('turns the next operation into a 404 and marks the record destroyed, releasing its lease', async () => {
+    const h = await startHarness();
+    try {
+      const id = await h.spawn();
+      const p = new MockProvider({ baseDir: h.config.providers.mock.base_dir });
+      await p.destroy(id);
+      const res = await h.request({
+        method: 'POST',
+        url: `/api/v1/sandboxes/${id}/exec`,
+        body: { command: 'true' },
+      });
+      expect(res.statusCode).toBe(404);
+      expect(res.json().message).toContain('runtime is gone');
+      expect((await h.cp.store.sandboxes.get(id))?.state).toBe('destroyed');
+      expect((await h.cp.store.leases.get(id))?.holderId).toBe('');
+      const list = await h.request({ method: 'GET', url: '/api/v1/sandboxes' });
+      expect(list.json()).toEqual([]);
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('keeps the sandbox when only a file is missing', async () => {
+    const h = await startHarness();
+    try {
+      const id = await h.spawn();
+      const res = await h.request({
+        method: 'GET',
+        url: `/api/v1/sandboxes/${id}/files?path=/workspace/nope`,
+      });
+      expect(res.statusCode).toBe(404);
+      expect((await h.cp.store.sandboxes.get(id))?.state).toBe('running');
+    } finally {
+      await h.close();
+    }
+  });
+});

@@ -685,7 +685,7 @@ export class SandboxService {
     } catch (err) {
       this.o.events.publish('exec.failed', id, { error: (err as Error).message });
       this.audit(ctx, 'exec', id, 'failure', (err as Error).message);
-      throw err;
+      throw await this.checkRuntimeGone(rec, ref, err);
     }
     this.recordExec(rec, spec, outcome, false, ctx);
     if (outcome.timedOut) {
@@ -714,11 +714,12 @@ export class SandboxService {
       ctx.signal === undefined ? {} : { signal: ctx.signal },
     );
     this.o.events.publish('exec.started', id, { mode: spec.mode, streamed: true });
-    return this.recordedStream(rec, spec, source, ctx);
+    return this.recordedStream(rec, ref, spec, source, ctx);
   }
 
   private async *recordedStream(
     rec: SandboxRecord,
+    ref: RuntimeRef,
     spec: ExecSpec,
     source: AsyncIterable<ExecEvent>,
     ctx: CallContext,
@@ -754,7 +755,7 @@ export class SandboxService {
         error: (err as Error).message,
         streamed: true,
       });
-      throw err;
+      throw await this.checkRuntimeGone(rec, ref, err);
     } finally {
       if (!finished) {
         this.o.events.publish('exec.failed', rec.id, {
@@ -789,7 +790,7 @@ export class SandboxService {
       return out;
     } catch (err) {
       this.audit(ctx, action, id, 'failure', (err as Error).message, resource);
-      throw err;
+      throw await this.checkRuntimeGone(rec, ref, err);
     }
   }
 
@@ -919,13 +920,59 @@ export class SandboxService {
   async logs(id: string, lines: number, ctx: CallContext): Promise<string[]> {
     const rec = await this.get(id, ctx);
     const ref = await this.refOf(rec);
-    return this.client(rec.workerId).logs(ref, lines, this.opts(ctx));
+    try {
+      return await this.client(rec.workerId).logs(ref, lines, this.opts(ctx));
+    } catch (err) {
+      throw await this.checkRuntimeGone(rec, ref, err);
+    }
   }
 
   async stats(id: string, ctx: CallContext): Promise<ProviderStats | undefined> {
     const rec = await this.usable(id, ctx);
     const ref = await this.refOf(rec);
-    return this.client(rec.workerId).stats(ref, this.opts(ctx));
+    try {
+      return await this.client(rec.workerId).stats(ref, this.opts(ctx));
+    } catch (err) {
+      throw await this.checkRuntimeGone(rec, ref, err);
+    }
+  }
+
+  /**
+   * After a NOT_FOUND from a runtime operation, asks the worker whether the
+   * runtime itself is gone (removed behind our back). If it is, the record
+   * becomes `destroyed` and its lease is released, so nothing lingers, and
+   * the caller gets a 404 saying so; otherwise the original error stands
+   * (e.g. a missing file).
+   */
+  private async checkRuntimeGone(
+    rec: SandboxRecord,
+    ref: RuntimeRef,
+    err: unknown,
+  ): Promise<unknown> {
+    if (!(isStacyError(err) && err.code === 'NOT_FOUND')) return err;
+    try {
+      await this.client(rec.workerId).status(ref);
+      return err;
+    } catch (statusErr) {
+      if (!(isStacyError(statusErr) && statusErr.code === 'NOT_FOUND')) return err;
+    }
+    const done = await this.o.store.sandboxes.transition(
+      rec.id,
+      [...LIVE_STATES],
+      'destroyed',
+      {},
+      this.now(),
+    );
+    if (done !== undefined) {
+      if (ref.lease !== undefined)
+        await this.o.store.leases.release(ref.lease, this.now()).catch(() => false);
+      this.o.events.publish('sandbox.destroyed', rec.id, { reason: 'runtime_missing' });
+      this.o.logger.warn(
+        { sandbox_id: rec.id },
+        'sandbox runtime vanished; record marked destroyed',
+      );
+    }
+    return notFound(`sandbox not found: ${rec.id} (its runtime is gone)`);
   }
 
   execLogs(id: string, limit: number, ctx: CallContext): Promise<ExecLogEntry[]> {
