@@ -96,6 +96,19 @@ describe.runIf(inject('dockerAvailable'))('Docker sandboxes through the stacyvm 
     expect(list).toHaveLength(0);
   });
 
+  it('answers 404 and forgets a sandbox whose container was removed behind its back', async () => {
+    const id = cli(['spawn', '--image', IMAGE], { env }).stdout.toString().trim();
+    created.add(id);
+    await docker.getContainer(id).remove({ force: true });
+    const r = cli(['exec', id, '--', 'true'], { env });
+    expect(r.status).toBe(1);
+    expect(r.stderr.toString()).toMatch(/NOT_FOUND/);
+    const list = JSON.parse(cli(['list', '--json'], { env }).stdout.toString()) as Array<{
+      id: string;
+    }>;
+    expect(list.map((s) => s.id)).not.toContain(id);
+  });
+
   it('refuses an image name with injection characters as a bad request', () => {
     const r = cli(['spawn', '--image', 'busybox;rm -rf /'], { env });
     expect(r.status).toBe(1);
