@@ -73,6 +73,7 @@ import type {
   PathStat,
   SandboxUser,
 } from './docker-spec.js';
+import { collectExecOutcome } from '../collect-exec.js';
 
 /** One line of image pull progress. */
 export interface PullProgress {
@@ -716,31 +717,7 @@ export class DockerProvider implements Provider {
    */
   async exec(runtimeId: string, spec: ExecSpec, opts?: CallOptions): Promise<ExecOutcome> {
     const plan = await this.planExec(runtimeId, spec, opts?.signal);
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    let outBytes = 0;
-    let errBytes = 0;
-    const keep = (parts: Buffer[], have: number, data: Uint8Array): number => {
-      const room = this.maxOutputBytes - have;
-      if (room <= 0) return have;
-      const chunk = Buffer.from(data.buffer, data.byteOffset, Math.min(room, data.byteLength));
-      parts.push(chunk);
-      return have + chunk.byteLength;
-    };
-    for await (const ev of this.runExec(plan, opts?.signal)) {
-      if (ev.type === 'exit') {
-        return {
-          exitCode: ev.exitCode,
-          stdout: Buffer.concat(out).toString('utf8'),
-          stderr: Buffer.concat(err).toString('utf8'),
-          durationMs: ev.durationMs,
-          timedOut: ev.timedOut,
-        };
-      }
-      if (ev.type === 'stdout') outBytes = keep(out, outBytes, ev.data);
-      else errBytes = keep(err, errBytes, ev.data);
-    }
-    throw new StacyError('INTERNAL_ERROR', 'exec ended without an exit status');
+    return collectExecOutcome(this.runExec(plan, opts?.signal), this.maxOutputBytes);
   }
 
   /**

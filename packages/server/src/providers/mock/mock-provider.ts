@@ -42,6 +42,7 @@ import type {
   SpawnResult,
 } from '../provider.js';
 import { confinePath, errnoCode, fsError, isWithin } from '../sandbox-fs.js';
+import { collectExecOutcome } from '../collect-exec.js';
 
 /** Options of {@link MockProvider}; every field has a default. */
 export interface MockProviderOptions {
@@ -322,31 +323,7 @@ export class MockProvider implements Provider {
    */
   async exec(runtimeId: string, spec: ExecSpec, opts?: CallOptions): Promise<ExecOutcome> {
     const prepared = await this.prepareExec(runtimeId, spec, opts);
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    let outBytes = 0;
-    let errBytes = 0;
-    const keep = (parts: Buffer[], have: number, data: Uint8Array): number => {
-      const room = this.maxOutputBytes - have;
-      if (room <= 0) return have;
-      const chunk = Buffer.from(data.buffer, data.byteOffset, Math.min(room, data.byteLength));
-      parts.push(chunk);
-      return have + chunk.byteLength;
-    };
-    for await (const ev of this.runExec(prepared, opts?.signal)) {
-      if (ev.type === 'exit') {
-        return {
-          exitCode: ev.exitCode,
-          stdout: Buffer.concat(out).toString('utf8'),
-          stderr: Buffer.concat(err).toString('utf8'),
-          durationMs: ev.durationMs,
-          timedOut: ev.timedOut,
-        };
-      }
-      if (ev.type === 'stdout') outBytes = keep(out, outBytes, ev.data);
-      else errBytes = keep(err, errBytes, ev.data);
-    }
-    throw new StacyError('INTERNAL_ERROR', 'exec ended without an exit status');
+    return collectExecOutcome(this.runExec(prepared, opts?.signal), this.maxOutputBytes);
   }
 
   /**
