@@ -15,6 +15,7 @@ import { createStore } from '../store/create-store.js';
 import { exitCodeForCommanderError, registerClientCommands } from './client-commands.js';
 import { createControlPlane } from './control-plane.js';
 import { registerImageCommands } from './image-commands.js';
+import { registerWorkerTokenCommands } from './worker-token-commands.js';
 import { createLogger } from './logger.js';
 
 function load(configPath: string | undefined): LoadedConfig {
@@ -184,6 +185,7 @@ export function buildProgram(): Command {
 
   registerClientCommands(program);
   registerImageCommands(program);
+  registerWorkerTokenCommands(program);
   return program;
 }
 
