@@ -11,12 +11,14 @@ import type { SandboxService } from '../orchestrator/sandbox-service.js';
 import type { SystemService } from '../orchestrator/system-service.js';
 import type { WorkerService } from '../orchestrator/worker-service.js';
 import type { AuthOptions } from './plugins/auth.js';
+import type { WorkerAuthOptions } from './plugins/worker-auth.js';
 import { registerAuth } from './plugins/auth.js';
 import { registerErrorHandling } from './plugins/errors.js';
 import { execRoutes } from './routes/exec.js';
 import { fileRoutes } from './routes/files.js';
 import { sandboxRoutes } from './routes/sandboxes.js';
 import { systemRoutes } from './routes/system.js';
+import { workerRoutes } from './routes/worker.js';
 import { ErrorBodySchema } from './schemas/common.js';
 
 export interface AppDeps {
@@ -26,6 +28,8 @@ export interface AppDeps {
   events: EventBus;
   metrics: Metrics;
   auth: AuthOptions;
+  /** Credentials accepted on worker routes (heartbeat). */
+  workerAuth: WorkerAuthOptions;
   /** A pino logger, or false for none (tests). */
   logger: FastifyBaseLogger | false;
   previewDomain: string;
@@ -153,6 +157,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       });
       await api.register(execRoutes, { sandboxes: deps.sandboxes });
       await api.register(fileRoutes, { sandboxes: deps.sandboxes });
+      await api.register(workerRoutes, { workers: deps.workers, auth: deps.workerAuth });
       api.get('/openapi.json', { config: { access: 'public' }, schema: { hide: true } }, async () =>
         app.swagger(),
       );

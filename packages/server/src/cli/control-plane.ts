@@ -2,6 +2,7 @@ import { hostname } from 'node:os';
 import type { FastifyInstance } from 'fastify';
 import type { Logger as PinoLogger } from 'pino';
 import { buildApp } from '../api/build-app.js';
+import { parseWorkerTokenEntries } from '../api/plugins/worker-auth.js';
 import type { StacyConfig } from '../config/schema.js';
 import { databaseDialect, durationMs } from '../config/load-config.js';
 import type { Clock } from '../domain/clock.js';
@@ -123,6 +124,8 @@ async function buildProviders(
 export async function createControlPlane(o: ControlPlaneOptions): Promise<ControlPlane> {
   const { config, logger } = o;
   const clock = o.clock ?? systemClock;
+  // Parsed before anything is opened, so a bad entry leaves nothing to clean up.
+  const perWorkerTokens = parseWorkerTokenEntries(config.auth.worker_tokens);
   const store = await createStore({
     driver: databaseDialect(config),
     path: config.database.path,
@@ -244,6 +247,13 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
         apiKey: config.auth.api_key,
         adminApiKey: config.auth.admin_api_key,
         adminFallbackEnabled: config.auth.admin_fallback_enabled,
+      },
+      workerAuth: {
+        sharedToken: config.auth.worker_token,
+        perWorkerTokens,
+        signingKeys: [config.auth.worker_signing_key, ...config.auth.worker_signing_keys],
+        revokedTokenIds: config.auth.worker_revoked_token_ids,
+        nowMs: () => clock.nowMs(),
       },
       logger,
       previewDomain: config.server.preview_domain,

@@ -45,6 +45,16 @@ export const LINT_CHECKS: readonly { name: string; description: string }[] = [
     name: 'auth.worker_token',
     description: 'warn: one shared token authenticates every worker (P when it is weak).',
   },
+  {
+    name: 'auth.worker_tokens',
+    description:
+      'Only when set: fail for an entry that is not worker-id=token, P for a weak per-worker token.',
+  },
+  {
+    name: 'auth.worker_signing_key',
+    description:
+      'Only when set: P for a weak signing or rotation key; warn while static worker tokens are still accepted.',
+  },
   { name: 'server.host', description: 'fail: non-loopback bind with no API key (always).' },
   { name: 'server.cors_allowed_origins', description: 'P: any origin ("*") may call the API.' },
   { name: 'database.path', description: 'P: SQLite path is relative to the working directory.' },
@@ -146,6 +156,62 @@ export function lintConfig(config: StacyConfig, options: LintConfigOptions): Lin
     );
   } else {
     pass('auth.worker_token', 'no shared worker token configured');
+  }
+
+  if (auth.worker_tokens.some((e) => e.trim() !== '')) {
+    const malformed: number[] = [];
+    const weak: string[] = [];
+    for (const [i, raw] of auth.worker_tokens.entries()) {
+      const entry = raw.trim();
+      if (entry === '') continue;
+      const eq = entry.indexOf('=');
+      const id = eq > 0 ? entry.slice(0, eq).trim() : '';
+      const token = eq > 0 ? entry.slice(eq + 1).trim() : '';
+      if (id === '' || token === '') malformed.push(i);
+      else if (secretWeakness(token) !== undefined) weak.push(id);
+    }
+    if (malformed.length > 0) {
+      flag(
+        'auth.worker_tokens',
+        'fail',
+        `entries ${malformed.map((i) => `[${i}]`).join(', ')} are not worker-id=token`,
+        'write each entry as worker-id=token',
+      );
+    } else if (weak.length > 0) {
+      flag(
+        'auth.worker_tokens',
+        p,
+        `the tokens of ${weak.map((id) => `"${id}"`).join(', ')} are empty, placeholders or shorter than ${MIN_SECRET_BYTES} bytes`,
+        `give each worker a random token; ${generate}`,
+      );
+    } else {
+      pass('auth.worker_tokens', 'each listed worker authenticates with its own token');
+    }
+  }
+
+  if (auth.worker_signing_key !== '') {
+    const weakKeys = [auth.worker_signing_key, ...auth.worker_signing_keys].filter(
+      (k) => k.trim() !== '' && secretWeakness(k) !== undefined,
+    ).length;
+    const staticTokens =
+      auth.worker_token !== '' || auth.worker_tokens.some((e) => e.trim() !== '');
+    if (weakKeys > 0) {
+      flag(
+        'auth.worker_signing_key',
+        p,
+        `${weakKeys} worker signing or rotation key(s) are placeholders or shorter than ${MIN_SECRET_BYTES} bytes`,
+        `use random keys; ${generate}`,
+      );
+    } else if (staticTokens) {
+      flag(
+        'auth.worker_signing_key',
+        'warn',
+        'signed worker tokens are enabled but static worker tokens are still accepted',
+        'remove auth.worker_token and auth.worker_tokens once every worker uses signed tokens',
+      );
+    } else {
+      pass('auth.worker_signing_key', 'workers authenticate with short-lived signed tokens');
+    }
   }
 
   if (!isLoopbackHost(server.host) && auth.api_key === '') {

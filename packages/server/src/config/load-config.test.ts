@@ -279,9 +279,10 @@ describe('loadConfig values', () => {
       'unknown key "server.grpc_port" ignored',
       'unknown key "providers.firecracker" ignored',
       'unknown key "rate_limit" ignored',
-      'unknown key "auth.worker_tokens" ignored',
     ]);
     expect(loaded.config.providers.default).toBe('docker');
+    // The Go map form of per-worker tokens is read as id=token entries.
+    expect(loaded.config.auth.worker_tokens).toEqual(['w1=secret']);
   });
 
   test('reports every problem at once, each naming its key', ({ fs }) => {

@@ -107,7 +107,7 @@ export function loadConfig(opts: LoadConfigOptions = {}): LoadedConfig {
       else problems.push({ field: key.path, problem: withOrigin(key, envValue, result, 'env') });
       continue;
     }
-    const fileValue = getConfigPath(raw, key.path);
+    const fileValue = mapAsEntries(key.path, getConfigPath(raw, key.path));
     if (fileValue === undefined || fileValue === null) continue;
     const result = parseValue(key, fileValue);
     if (result.ok) setConfigPath(config, key.path, result.value);
@@ -202,6 +202,18 @@ function readYamlFile(path: string): Record<string, unknown> {
     );
   }
   return value as Record<string, unknown>;
+}
+
+/**
+ * The Go original writes `auth.worker_tokens` as a YAML map (worker id →
+ * token); the schema holds it as `id=token` strings, so such files keep working.
+ */
+function mapAsEntries(path: string, value: unknown): unknown {
+  if (path !== 'auth.worker_tokens') return value;
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return value;
+  return Object.entries(value).map(([id, token]: [string, unknown]) =>
+    typeof token === 'string' ? `${id}=${token}` : token,
+  );
 }
 
 /** Warns about keys the schema lacks and refuses a scalar where a section belongs. */
@@ -559,6 +571,16 @@ export function redactConfig(config: StacyConfig): StacyConfig {
   for (const path of SECRET_PATHS) {
     const value = getConfigPath(tree, path);
     if (typeof value === 'string' && value !== '') setConfigPath(tree, path, REDACTED);
+    else if (Array.isArray(value)) {
+      // Per-worker tokens keep their worker id so the output still says who has one.
+      const keepId = path === 'auth.worker_tokens';
+      const redacted = value.map((entry: unknown) => {
+        const text = typeof entry === 'string' ? entry : '';
+        const eq = text.indexOf('=');
+        return keepId && eq > 0 ? `${text.slice(0, eq)}=${REDACTED}` : REDACTED;
+      });
+      setConfigPath(tree, path, redacted);
+    }
   }
   return copy;
 }

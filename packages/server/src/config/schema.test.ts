@@ -66,6 +66,11 @@ describe('config schema', () => {
         admin_fallback_enabled: true,
         worker_token: '',
         worker_token_file: '',
+        worker_tokens: [],
+        worker_signing_key: '',
+        worker_signing_key_file: '',
+        worker_signing_keys: [],
+        worker_revoked_token_ids: [],
       },
       logging: { level: 'info', format: 'json' },
       worker: {
@@ -116,15 +121,20 @@ describe('config schema', () => {
     expect(new Set(vars).size).toBe(vars.length);
   });
 
-  test('marks the secret keys, each backed by a *_file key that exists', () => {
+  test('marks the secret keys, each single-value one backed by a *_file key that exists', () => {
     expect([...SECRET_PATHS].sort()).toEqual([
       'auth.admin_api_key',
       'auth.api_key',
+      'auth.worker_signing_key',
+      'auth.worker_signing_keys',
       'auth.worker_token',
+      'auth.worker_tokens',
       'database.dsn',
     ]);
     for (const path of SECRET_PATHS) {
       expect(configKey(path)?.secret).toBe(true);
+      // Secret lists (per-worker tokens, rotation keys) have no file form.
+      if (configKey(path)?.kind === 'string-list') continue;
       const file = SECRET_FILE_KEYS[path];
       expect(file).toBe(`${path}_file`);
       expect(configKey(file ?? '')?.kind).toBe('string');

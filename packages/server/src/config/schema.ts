@@ -240,6 +240,26 @@ const AuthSection = Type.Object(
       '',
       'File holding auth.worker_token (trimmed). Mutually exclusive with auth.worker_token.',
     ),
+    worker_tokens: list(
+      [],
+      'Per-worker heartbeat tokens as a list of `worker-id=token` strings (a map cannot be expressed as one key). A worker listed here must present its own token; the shared auth.worker_token is then refused for that id. Secret, with no *_file form.',
+    ),
+    worker_signing_key: str(
+      '',
+      'HMAC key that signs and verifies short-lived worker tokens (stacyvm-worker-v1.*, audience worker:control-plane on heartbeats).',
+    ),
+    worker_signing_key_file: str(
+      '',
+      'File holding auth.worker_signing_key (trimmed). Mutually exclusive with auth.worker_signing_key.',
+    ),
+    worker_signing_keys: list(
+      [],
+      'Previous signing keys still accepted when verifying worker tokens, for key rotation. Never used to sign. Secret, with no *_file form.',
+    ),
+    worker_revoked_token_ids: list(
+      [],
+      'Token ids (jti) of signed worker tokens that are refused even before they expire.',
+    ),
   },
   { description: 'API keys and worker credentials.' },
 );
@@ -309,6 +329,9 @@ export const SECRET_PATHS: ReadonlySet<string> = new Set([
   'auth.api_key',
   'auth.admin_api_key',
   'auth.worker_token',
+  'auth.worker_tokens',
+  'auth.worker_signing_key',
+  'auth.worker_signing_keys',
   'database.dsn',
 ]);
 
@@ -317,6 +340,7 @@ export const SECRET_FILE_KEYS: Readonly<Record<string, string>> = {
   'auth.api_key': 'auth.api_key_file',
   'auth.admin_api_key': 'auth.admin_api_key_file',
   'auth.worker_token': 'auth.worker_token_file',
+  'auth.worker_signing_key': 'auth.worker_signing_key_file',
   'database.dsn': 'database.dsn_file',
 };
 

@@ -2,8 +2,8 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { StacyError, toErrorBody } from '../../domain/errors.js';
 
-/** Who may call a route. */
-export type RouteAccess = 'public' | 'api' | 'admin';
+/** Who may call a route. `worker` routes check worker credentials themselves (worker-auth.ts). */
+export type RouteAccess = 'public' | 'api' | 'admin' | 'worker';
 
 export type Role = 'anonymous' | 'api' | 'admin';
 
@@ -63,7 +63,7 @@ export function registerAuth(app: FastifyInstance, o: AuthOptions): void {
     const access: RouteAccess = req.routeOptions.config.access ?? 'api';
     const role = resolveRole(req, o);
     req.role = role;
-    if (access === 'public' || !authConfigured) return;
+    if (access === 'public' || access === 'worker' || !authConfigured) return;
     if (role === 'anonymous') {
       return deny(reply, req, new StacyError('UNAUTHORIZED', 'invalid or missing API key'));
     }

@@ -1,0 +1,73 @@
+/**
+ * Routes a worker process calls on the control plane, authenticated with
+ * worker credentials (never API keys): see plugins/worker-auth.ts.
+ */
+import { Type } from '@sinclair/typebox';
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import { StacyError } from '../../domain/errors.js';
+import { LOCAL_WORKER_ID } from '../../domain/worker.js';
+import type { WorkerService } from '../../orchestrator/worker-service.js';
+import type { WorkerAuthOptions } from '../plugins/worker-auth.js';
+import { requireWorker } from '../plugins/worker-auth.js';
+import { ErrorBodySchema, WorkerSchema } from '../schemas/common.js';
+import { workerToWire } from '../wire.js';
+
+export interface WorkerRouteDeps {
+  workers: WorkerService;
+  auth: WorkerAuthOptions;
+}
+
+/** Body of `POST /worker/:id/heartbeat` (reference §3.2); unknown fields are ignored. */
+export const HeartbeatBodySchema = Type.Object(
+  {
+    hostname: Type.String({ minLength: 1, maxLength: 255 }),
+    status: Type.Optional(Type.String({ maxLength: 64 })),
+    providers: Type.Optional(Type.Array(Type.String({ maxLength: 128 }), { maxItems: 64 })),
+    capabilities: Type.Optional(Type.Array(Type.String({ maxLength: 128 }), { maxItems: 64 })),
+    capacity: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+  },
+  { additionalProperties: true },
+);
+
+export const workerRoutes: FastifyPluginAsyncTypebox<WorkerRouteDeps> = async (app, deps) => {
+  const { workers } = deps;
+  app.post(
+    '/worker/:id/heartbeat',
+    {
+      config: { access: 'worker' },
+      onRequest: requireWorker(deps.auth, 'worker:heartbeat'),
+      schema: {
+        tags: ['workers'],
+        security: [],
+        params: Type.Object({ id: Type.String({ minLength: 1, maxLength: 128 }) }),
+        body: HeartbeatBodySchema,
+        response: {
+          200: WorkerSchema,
+          400: ErrorBodySchema,
+          401: ErrorBodySchema,
+          403: ErrorBodySchema,
+          503: ErrorBodySchema,
+        },
+      },
+    },
+    async (req) => {
+      const id = req.params.id;
+      // The control plane beats for its own worker; a remote process claiming
+      // that id would hijack placement onto the control plane's runtime.
+      if (id === LOCAL_WORKER_ID) {
+        throw new StacyError('FORBIDDEN', `worker id "${LOCAL_WORKER_ID}" is reserved`);
+      }
+      const body = req.body;
+      const status = body.status?.trim() ?? '';
+      const record = await workers.heartbeat({
+        id,
+        hostname: body.hostname,
+        status: status === '' ? 'online' : status,
+        providers: body.providers ?? [],
+        capabilities: body.capabilities ?? [],
+        capacity: body.capacity ?? {},
+      });
+      return workerToWire(record, workers.isStale(record));
+    },
+  );
+};
