@@ -10,6 +10,7 @@ import { systemClock } from '../domain/clock.js';
 import { LOCAL_WORKER_ID } from '../domain/worker.js';
 import { EventBus } from '../orchestrator/events.js';
 import { Metrics } from '../orchestrator/metrics.js';
+import { LivenessSweeper } from '../orchestrator/liveness.js';
 import { Reaper } from '../orchestrator/reaper.js';
 import { SandboxService } from '../orchestrator/sandbox-service.js';
 import { SystemService } from '../orchestrator/system-service.js';
@@ -31,6 +32,8 @@ export interface ControlPlane {
   store: Store;
   sandboxes: SandboxService;
   reaper: Reaper;
+  /** Marks sandboxes of silent remote workers unhealthy/expired and recovers them. */
+  liveness: LivenessSweeper;
   /** Stops accepting work, finishes in-flight requests within the timeout, closes the store. */
   close(): Promise<void>;
 }
@@ -237,6 +240,15 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
       intervalMs: durationMs(config.server.reaper_interval),
       logger,
     });
+    const liveness = new LivenessSweeper({
+      store,
+      clock,
+      events,
+      logger,
+      localWorkerId: LOCAL_WORKER_ID,
+      staleAfterMs,
+      intervalMs: durationMs(config.server.reaper_interval),
+    });
     const app = await buildApp({
       sandboxes,
       workers,
@@ -268,6 +280,7 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
         system.setDraining();
         runtime.drain();
         await reaper.stop();
+        await liveness.stop();
         workers.stop();
         const timeoutMs = durationMs(config.server.shutdown_timeout);
         let timer: NodeJS.Timeout | undefined;
@@ -289,7 +302,7 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
       })();
       return closing;
     };
-    return { app, store, sandboxes, reaper, close };
+    return { app, store, sandboxes, reaper, liveness, close };
   } catch (err) {
     await store.close();
     throw err;

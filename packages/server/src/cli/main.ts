@@ -85,6 +85,7 @@ async function serve(opts: { config?: string; host?: string; port?: string }): P
   try {
     const address = await cp.app.listen({ host: config.server.host, port: config.server.port });
     cp.reaper.start();
+    cp.liveness.start();
     logger.info({ address, database: config.database.driver }, 'StacyVM control plane listening');
   } catch (err) {
     logger.error({ err: describeError(err) }, 'cannot listen');

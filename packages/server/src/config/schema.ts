@@ -97,7 +97,7 @@ const ServerSection = Type.Object(
     ),
     reaper_interval: duration(
       '30s',
-      'How often the reaper destroys sandboxes past their expiry.',
+      'How often the reaper destroys sandboxes past their expiry, and the worker-liveness sweep marks sandboxes of silent workers unhealthy or expired.',
       'positive',
     ),
   },
