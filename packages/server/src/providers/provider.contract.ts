@@ -32,7 +32,7 @@ interface SandboxFixture {
 }
 
 /** An exec spec with defaults; a generous deadline so a broken provider cannot hang the run. */
-function spec(command: string, overrides: Partial<ExecSpec> = {}): ExecSpec {
+export function spec(command: string, overrides: Partial<ExecSpec> = {}): ExecSpec {
   return {
     command,
     args: [],
@@ -44,7 +44,7 @@ function spec(command: string, overrides: Partial<ExecSpec> = {}): ExecSpec {
   };
 }
 
-async function expectStacyError(
+export async function expectStacyError(
   promise: Promise<unknown>,
   code: ErrorCode,
   message?: RegExp,
@@ -62,7 +62,7 @@ async function expectStacyError(
   return err;
 }
 
-async function readAll(body: AsyncIterable<Uint8Array>): Promise<Buffer> {
+export async function readAll(body: AsyncIterable<Uint8Array>): Promise<Buffer> {
   const parts: Buffer[] = [];
   for await (const chunk of body) parts.push(Buffer.from(chunk));
   return Buffer.concat(parts);

@@ -7,10 +7,8 @@ import Docker from 'dockerode';
 import { pack as tarPack } from 'tar-stream';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { StacyError } from '../../domain/errors.js';
-import type { ErrorCode } from '../../domain/errors.js';
-import type { ExecSpec } from '../../domain/exec.js';
 import { newSandboxId } from '../../domain/sandbox.js';
-import { describeProviderContract } from '../provider.contract.js';
+import { describeProviderContract, expectStacyError, readAll, spec } from '../provider.contract.js';
 import { providerCapabilities } from '../provider.js';
 import type { SpawnOptions } from '../provider.js';
 import { DockerProvider } from './docker-provider.js';
@@ -29,42 +27,6 @@ if (available) {
   describeProviderContract('docker', () =>
     Promise.resolve({ provider: makeProvider(), image: IMAGE }),
   );
-}
-
-function spec(command: string, overrides: Partial<ExecSpec> = {}): ExecSpec {
-  return {
-    command,
-    args: [],
-    mode: 'shell',
-    env: {},
-    workdir: '',
-    timeoutMs: 15_000,
-    ...overrides,
-  };
-}
-
-async function expectStacyError(
-  promise: Promise<unknown>,
-  code: ErrorCode,
-  message?: RegExp,
-): Promise<StacyError> {
-  let caught: unknown;
-  try {
-    await promise;
-  } catch (err) {
-    caught = err;
-  }
-  expect(caught, `expected a ${code} StacyError`).toBeInstanceOf(StacyError);
-  const err = caught as StacyError;
-  expect(err.code, err.message).toBe(code);
-  if (message !== undefined) expect(err.message).toMatch(message);
-  return err;
-}
-
-async function readAll(body: AsyncIterable<Uint8Array>): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  for await (const chunk of body) parts.push(Buffer.from(chunk));
-  return Buffer.concat(parts);
 }
 
 describe.skipIf(!available)('DockerProvider on the Docker Engine', () => {

@@ -7,10 +7,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../../domain/clock.js';
 import { StacyError } from '../../domain/errors.js';
-import type { ErrorCode } from '../../domain/errors.js';
-import type { ExecSpec } from '../../domain/exec.js';
 import { newSandboxId } from '../../domain/sandbox.js';
-import { describeProviderContract } from '../provider.contract.js';
+import { describeProviderContract, expectStacyError, readAll, spec } from '../provider.contract.js';
 import { providerCapabilities } from '../provider.js';
 import { MockProvider } from './mock-provider.js';
 
@@ -22,40 +20,6 @@ describeProviderContract('mock', async () => {
     cleanup: () => rm(baseDir, { recursive: true, force: true }),
   };
 });
-
-function spec(command: string, overrides: Partial<ExecSpec> = {}): ExecSpec {
-  return {
-    command,
-    args: [],
-    mode: 'shell',
-    env: {},
-    workdir: '',
-    timeoutMs: 15_000,
-    ...overrides,
-  };
-}
-
-async function expectStacyError(
-  promise: Promise<unknown>,
-  code: ErrorCode,
-  message?: RegExp,
-): Promise<void> {
-  let caught: unknown;
-  try {
-    await promise;
-  } catch (err) {
-    caught = err;
-  }
-  expect(caught, `expected a ${code} StacyError`).toBeInstanceOf(StacyError);
-  expect((caught as StacyError).code, (caught as StacyError).message).toBe(code);
-  if (message !== undefined) expect((caught as StacyError).message).toMatch(message);
-}
-
-async function readAll(body: AsyncIterable<Uint8Array>): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  for await (const chunk of body) parts.push(Buffer.from(chunk));
-  return Buffer.concat(parts);
-}
 
 describe('MockProvider', () => {
   let work: string;
