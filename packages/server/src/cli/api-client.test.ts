@@ -1,60 +1,18 @@
 import { createServer } from 'node:http';
-import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type { ServerResponse } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, test as base } from 'vitest';
+import { withCannedServer } from '../../test/support/canned-server.js';
+import type { TestServer } from '../../test/support/canned-server.js';
 import { StacyError } from '../domain/errors.js';
 import { ApiClient, ApiError, parseNdjson } from './api-client.js';
 import type { ExecStreamLine } from './api-client.js';
 
-interface Recorded {
-  method: string;
-  url: string;
-  headers: IncomingHttpHeaders;
-  body: Buffer;
-}
-
-type Handler = (req: IncomingMessage, res: ServerResponse, body: Buffer) => unknown;
-
-interface TestServer {
-  url: string;
-  requests: Recorded[];
-  handle(handler: Handler): void;
-}
-
 /** A real HTTP server on 127.0.0.1 serving canned answers, closed after each test. */
 const test = base.extend<{ server: TestServer }>({
   // eslint-disable-next-line no-empty-pattern
-  server: async ({}, use) => {
-    const requests: Recorded[] = [];
-    let handler: Handler = (_req, res) => {
-      res.statusCode = 500;
-      res.end();
-    };
-    const server = createServer((req, res) => {
-      const chunks: Buffer[] = [];
-      req.on('data', (c: Buffer) => chunks.push(c));
-      req.on('end', () => {
-        const body = Buffer.concat(chunks);
-        requests.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers, body });
-        Promise.resolve(handler(req, res, body)).catch(() => res.destroy());
-      });
-    });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    const { port } = server.address() as AddressInfo;
-    try {
-      await use({
-        url: `http://127.0.0.1:${port}`,
-        requests,
-        handle: (h) => {
-          handler = h;
-        },
-      });
-    } finally {
-      server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    }
-  },
+  server: async ({}, use) => withCannedServer(use),
 });
 
 function sendJson(res: ServerResponse, status: number, value: unknown): void {

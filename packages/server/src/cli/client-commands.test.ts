@@ -1,30 +1,17 @@
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:http';
-import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { ServerResponse } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Command, CommanderError } from 'commander';
 import { describe, expect, test as base } from 'vitest';
+import { withCannedServer } from '../../test/support/canned-server.js';
+import type { Recorded, TestServer } from '../../test/support/canned-server.js';
 import { exitCodeForCommanderError, registerClientCommands } from './client-commands.js';
 import type { OutputStream } from './client-commands.js';
-
-interface Recorded {
-  method: string;
-  url: string;
-  headers: IncomingHttpHeaders;
-  body: Buffer;
-}
-
-type Handler = (req: IncomingMessage, res: ServerResponse, body: Buffer) => unknown;
-
-interface TestServer {
-  url: string;
-  requests: Recorded[];
-  handle(handler: Handler): void;
-}
 
 /** Captures what the CLI writes; `onWrite` lets a test react while a command still runs. */
 class Capture implements OutputStream {
@@ -66,36 +53,7 @@ const NOW = Date.parse('2026-01-01T12:00:05Z');
 
 const test = base.extend<{ server: TestServer; cli: Cli; tmp: string }>({
   // eslint-disable-next-line no-empty-pattern
-  server: async ({}, use) => {
-    const requests: Recorded[] = [];
-    let handler: Handler = (_req, res) => {
-      res.statusCode = 500;
-      res.end();
-    };
-    const server = createServer((req, res) => {
-      const chunks: Buffer[] = [];
-      req.on('data', (c: Buffer) => chunks.push(c));
-      req.on('end', () => {
-        const body = Buffer.concat(chunks);
-        requests.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers, body });
-        Promise.resolve(handler(req, res, body)).catch(() => res.destroy());
-      });
-    });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    const { port } = server.address() as AddressInfo;
-    try {
-      await use({
-        url: `http://127.0.0.1:${port}`,
-        requests,
-        handle: (h) => {
-          handler = h;
-        },
-      });
-    } finally {
-      server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    }
-  },
+  server: async ({}, use) => withCannedServer(use),
   cli: async ({ server }, use) => {
     await use({
       async run(args, opts = {}) {
