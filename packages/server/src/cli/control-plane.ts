@@ -74,7 +74,7 @@ function buildDocker(config: StacyConfig, logger: PinoLogger): DockerProvider {
  * Chooses and builds the providers the config enables. `auto` picks docker
  * when its daemon answers and mock otherwise, and says which in the log.
  */
-async function buildProviders(
+export async function buildProviders(
   config: StacyConfig,
   logger: PinoLogger,
 ): Promise<{ providers: Provider[]; defaultName: string }> {

@@ -54,8 +54,25 @@ describe('lintConfig', () => {
       'defaults.max_ttl': 'pass',
       'logging.format': 'pass',
       'providers.mock.enabled': 'warn',
+      'worker.rpc_tls': 'pass',
       'providers.docker': 'pass',
     });
+  });
+
+  test('worker.rpc_tls: plain HTTP with worker credentials is a production failure; skip-verify always fails', () => {
+    const plain = defaultConfig();
+    plain.auth.worker_token = 'w'.repeat(40);
+    const find = (c: typeof plain, production: boolean) =>
+      lintConfig(c, { production }).find((f) => f.name === 'worker.rpc_tls');
+    expect(find(plain, false)?.level).toBe('warn');
+    expect(find(plain, true)?.level).toBe('fail');
+    const tls = defaultConfig();
+    tls.auth.worker_token = 'w'.repeat(40);
+    tls.worker.rpc_tls.enabled = true;
+    expect(find(tls, true)?.level).toBe('pass');
+    tls.worker.rpc_tls.insecure_skip_verify = true;
+    expect(find(tls, false)?.level).toBe('fail');
+    expect(find(tls, false)?.message).toContain('insecure_skip_verify');
   });
 
   test('production turns the "P" warnings and the mock provider into failures', () => {

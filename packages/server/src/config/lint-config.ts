@@ -71,6 +71,11 @@ export const LINT_CHECKS: readonly { name: string; description: string }[] = [
     description: 'warn, fail in production: the mock provider runs commands on the host.',
   },
   {
+    name: 'worker.rpc_tls',
+    description:
+      'fail in production: insecure_skip_verify; P: remote worker credentials configured but worker RPC is plain HTTP.',
+  },
+  {
     name: 'providers.docker',
     description:
       'P (when Docker is enabled): seccomp unconfined, capabilities not all dropped or added back, no pids/memory limit.',
@@ -332,6 +337,27 @@ export function lintConfig(config: StacyConfig, options: LintConfigOptions): Lin
     );
   } else {
     pass('providers.mock.enabled', 'mock provider disabled');
+  }
+
+  const rpcTls = config.worker.rpc_tls;
+  const remoteWorkers =
+    auth.worker_token !== '' || auth.worker_tokens.length > 0 || auth.worker_signing_key !== '';
+  if (rpcTls.insecure_skip_verify) {
+    flag(
+      'worker.rpc_tls',
+      'fail',
+      'worker.rpc_tls.insecure_skip_verify accepts any worker certificate, so anyone on the path can impersonate a worker',
+      'set worker.rpc_tls.ca_file to the CA that signs worker certificates and turn insecure_skip_verify off',
+    );
+  } else if (remoteWorkers && !rpcTls.enabled) {
+    flag(
+      'worker.rpc_tls',
+      p,
+      'remote worker credentials are configured but worker RPC is plain HTTP (tokens and sandbox data cross the network in clear)',
+      'enable worker.rpc_tls (server cert on workers, ca_file and a client certificate on the control plane)',
+    );
+  } else {
+    pass('worker.rpc_tls', rpcTls.enabled ? 'worker RPC uses TLS' : 'no remote worker credentials');
   }
 
   if (providers.docker.enabled) {

@@ -351,6 +351,16 @@ describe('loadConfig values', () => {
     for (const d of err.details ?? []) expect(err.message).toContain(`${d.field}: ${d.problem}`);
   });
 
+  test('worker.rpc_tls client certificate and key come together', ({ fs }) => {
+    fs.write('work/stacyvm.yaml', 'worker:\n  rpc_tls:\n    client_cert_file: /etc/cp.pem\n');
+    expect(fs.loadError().details).toEqual([
+      {
+        field: 'worker.rpc_tls.client_key_file',
+        problem: 'worker.rpc_tls.client_cert_file and client_key_file must be set together',
+      },
+    ]);
+  });
+
   test('checks exec timeout and TTL ordering', ({ fs }) => {
     fs.write(
       'work/stacyvm.yaml',

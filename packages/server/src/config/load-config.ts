@@ -513,6 +513,19 @@ function crossChecks(config: StacyConfig, failed: ReadonlySet<string>): FieldPro
     }
   }
 
+  if (ok('worker.rpc_tls.client_cert_file', 'worker.rpc_tls.client_key_file')) {
+    const t = config.worker.rpc_tls;
+    if ((t.client_cert_file === '') !== (t.client_key_file === '')) {
+      problems.push({
+        field:
+          t.client_cert_file === ''
+            ? 'worker.rpc_tls.client_cert_file'
+            : 'worker.rpc_tls.client_key_file',
+        problem: 'worker.rpc_tls.client_cert_file and client_key_file must be set together',
+      });
+    }
+  }
+
   if (ok('worker.control_plane_url')) {
     const problem = httpUrlProblem(config.worker.control_plane_url);
     if (problem !== undefined) problems.push({ field: 'worker.control_plane_url', problem });

@@ -81,6 +81,17 @@ describe('config schema', () => {
         preview_domain: '',
         heartbeat_interval: '30s',
         shutdown_timeout: '30s',
+        rpc_tls: {
+          enabled: false,
+          server_cert_file: '',
+          server_key_file: '',
+          client_ca_file: '',
+          ca_file: '',
+          client_cert_file: '',
+          client_key_file: '',
+          server_name: '',
+          insecure_skip_verify: false,
+        },
       },
     };
     expect(defaultConfig()).toEqual(expected);

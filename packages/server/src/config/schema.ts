@@ -272,6 +272,39 @@ const LoggingSection = Type.Object(
   { description: 'Logging.' },
 );
 
+const RpcTlsSection = Type.Object(
+  {
+    enabled: bool(
+      false,
+      'Worker RPC over TLS. On a worker: serve /rpc over HTTPS (server_cert_file and server_key_file required) and advertise an https:// rpc_url. On the control plane: trust ca_file and present client_cert_file when calling workers.',
+    ),
+    server_cert_file: str('', 'Worker side: PEM certificate chain of the RPC server.'),
+    server_key_file: str('', 'Worker side: PEM private key of the RPC server.'),
+    client_ca_file: str(
+      '',
+      'Worker side: PEM CA bundle; when set, callers must present a client certificate it signed (mTLS).',
+    ),
+    ca_file: str(
+      '',
+      'Control-plane side: PEM CA bundle that signs worker RPC server certificates. Empty means the system roots.',
+    ),
+    client_cert_file: str(
+      '',
+      'Control-plane side: PEM client certificate presented to workers (with client_key_file).',
+    ),
+    client_key_file: str('', 'Control-plane side: PEM private key of client_cert_file.'),
+    server_name: str(
+      '',
+      'Control-plane side: name verified in worker certificates instead of the rpc_url host.',
+    ),
+    insecure_skip_verify: bool(
+      false,
+      'Control-plane side: do not verify worker certificates. For experiments only; config lint --production refuses it.',
+    ),
+  },
+  { description: 'TLS and mutual TLS for worker RPC (reference §2.8).' },
+);
+
 const WorkerSection = Type.Object(
   {
     id: str('', 'Worker id in the registry. Empty means the host name.'),
@@ -300,6 +333,7 @@ const WorkerSection = Type.Object(
       '30s',
       'How long a stopping worker drains before it gives up on running work.',
     ),
+    rpc_tls: RpcTlsSection,
   },
   { description: 'The worker process (`stacyvm worker`).' },
 );
