@@ -3,6 +3,7 @@ import type { FileEntry } from '../domain/files.js';
 import type { SandboxRecord } from '../domain/sandbox.js';
 import type { WorkerRecord } from '../domain/worker.js';
 import type { ProviderInfo } from '../rpc/worker-client.js';
+import { fileEntryToWire } from '../rpc/protocol.js';
 import type { ExecLogEntry } from '../orchestrator/sandbox-service.js';
 import type { Static } from '@sinclair/typebox';
 import type { FileInfoSchema, SandboxWire, WorkerSchema } from './schemas/common.js';
@@ -34,15 +35,9 @@ export function sandboxToWire(s: SandboxRecord, previewDomain: string): SandboxW
   return out;
 }
 
+/** The file entry wire form; one converter, shared with worker RPC. */
 export function fileToWire(f: FileEntry): Static<typeof FileInfoSchema> {
-  return {
-    path: f.path,
-    name: f.name,
-    size: f.size,
-    mode: f.mode,
-    is_dir: f.isDir,
-    mod_time: isoSeconds(f.modTimeMs),
-  };
+  return fileEntryToWire(f);
 }
 
 export function workerToWire(w: WorkerRecord, stale: boolean): Static<typeof WorkerSchema> {

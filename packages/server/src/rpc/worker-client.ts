@@ -1,6 +1,7 @@
 import type { ExecEvent, ExecOutcome, ExecSpec } from '../domain/exec.js';
 import type { FileEntry } from '../domain/files.js';
 import type { LeaseToken } from '../domain/lease.js';
+import type { WorkerRecord } from '../domain/worker.js';
 import type {
   CallOptions,
   FileSource,
@@ -84,4 +85,6 @@ export interface WorkerClient {
 /** Finds the client for a worker id. */
 export interface WorkerDirectory {
   client(workerId: string): WorkerClient | undefined;
+  /** Why a registered worker cannot be called (placement passes it over); undefined when it can. */
+  unreachableReason?(w: WorkerRecord): string | undefined;
 }
