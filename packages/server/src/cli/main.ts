@@ -16,6 +16,8 @@ import { exitCodeForCommanderError, registerClientCommands } from './client-comm
 import { createControlPlane } from './control-plane.js';
 import { registerImageCommands } from './image-commands.js';
 import { registerWorkerTokenCommands } from './worker-token-commands.js';
+import { registerWorkerCommand } from './worker-command.js';
+import { registerWorkerCertifyCommand } from './worker-certify.js';
 import { createLogger } from './logger.js';
 
 function load(configPath: string | undefined): LoadedConfig {
@@ -187,6 +189,8 @@ export function buildProgram(): Command {
   registerClientCommands(program);
   registerImageCommands(program);
   registerWorkerTokenCommands(program);
+  registerWorkerCommand(program);
+  registerWorkerCertifyCommand(program);
   return program;
 }
 
