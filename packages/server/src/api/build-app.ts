@@ -19,6 +19,7 @@ import { fileRoutes } from './routes/files.js';
 import { sandboxRoutes } from './routes/sandboxes.js';
 import { systemRoutes } from './routes/system.js';
 import { workerRoutes } from './routes/worker.js';
+import { workerAdminRoutes } from './routes/worker-admin.js';
 import { ErrorBodySchema } from './schemas/common.js';
 
 export interface AppDeps {
@@ -28,7 +29,11 @@ export interface AppDeps {
   events: EventBus;
   metrics: Metrics;
   auth: AuthOptions;
-  /** Credentials accepted on worker routes (heartbeat). */
+  /**
+   * Credentials accepted on worker routes (heartbeat, lease renewal). The
+   * first signing key is the active one and also signs tokens issued by
+   * `POST /admin/worker-tokens`.
+   */
   workerAuth: WorkerAuthOptions;
   /** A pino logger, or false for none (tests). */
   logger: FastifyBaseLogger | false;
@@ -158,6 +163,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       await api.register(execRoutes, { sandboxes: deps.sandboxes });
       await api.register(fileRoutes, { sandboxes: deps.sandboxes });
       await api.register(workerRoutes, { workers: deps.workers, auth: deps.workerAuth });
+      await api.register(workerAdminRoutes, {
+        workers: deps.workers,
+        signingKey: deps.workerAuth.signingKeys[0] ?? '',
+        nowMs: deps.workerAuth.nowMs,
+      });
       api.get('/openapi.json', { config: { access: 'public' }, schema: { hide: true } }, async () =>
         app.swagger(),
       );

@@ -17,7 +17,7 @@ const HEARTBEAT = {
   hostname: 'host-a',
   providers: ['mock'],
   capabilities: ['remote_worker', 'heartbeat'],
-  capacity: { max_sandboxes: 0, rpc_url: 'http://10.0.0.5:7430' },
+  capacity: { max_sandboxes: 0, rpc_url: 'http://127.0.0.1:9' },
 };
 
 function beat(
@@ -71,7 +71,7 @@ describe('worker heartbeat route with every kind of worker credential', () => {
       status: 'online',
       providers: ['mock'],
       capabilities: ['remote_worker', 'heartbeat'],
-      capacity: { max_sandboxes: 0, rpc_url: 'http://10.0.0.5:7430' },
+      capacity: { max_sandboxes: 0, rpc_url: 'http://127.0.0.1:9' },
       stale: false,
     });
     const list = await h.request({

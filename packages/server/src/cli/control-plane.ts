@@ -18,10 +18,14 @@ import { WorkerService } from '../orchestrator/worker-service.js';
 import { DockerProvider } from '../providers/docker/docker-provider.js';
 import { MockProvider } from '../providers/mock/mock-provider.js';
 import type { Provider } from '../providers/provider.js';
-import {
-  createInProcessWorkerClient,
-  StaticWorkerDirectory,
-} from '../rpc/in-process-worker-client.js';
+import { readFileSync } from 'node:fs';
+import { rpcTokenFor } from '../domain/worker-credentials.js';
+import type { WorkerRecord } from '../domain/worker.js';
+import type { RemoteClientFactory } from '../orchestrator/worker-directory.js';
+import { RoutingWorkerDirectory } from '../orchestrator/worker-directory.js';
+import { createInProcessWorkerClient } from '../rpc/in-process-worker-client.js';
+import type { HttpWorkerClientOptions } from '../rpc/http-worker-client.js';
+import { HttpWorkerClient } from '../rpc/http-worker-client.js';
 import { createStore } from '../store/create-store.js';
 import type { Store } from '../store/store.js';
 import { VERSION } from '../version.js';
@@ -123,6 +127,117 @@ export async function buildProviders(
   return { providers, defaultName };
 }
 
+function readPem(key: string, file: string): Buffer {
+  try {
+    return readFileSync(file);
+  } catch (err) {
+    throw new Error(
+      `${key}: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+    );
+  }
+}
+
+/** The control plane's TLS client settings for worker RPC, or undefined when TLS is off. */
+export function rpcClientTls(config: StacyConfig): HttpWorkerClientOptions['tls'] {
+  const t = config.worker.rpc_tls;
+  if (!t.enabled) return undefined;
+  return {
+    ...(t.ca_file === '' ? {} : { ca: readPem('worker.rpc_tls.ca_file', t.ca_file) }),
+    ...(t.client_cert_file === ''
+      ? {}
+      : {
+          cert: readPem('worker.rpc_tls.client_cert_file', t.client_cert_file),
+          key: readPem('worker.rpc_tls.client_key_file', t.client_key_file),
+        }),
+    ...(t.server_name === '' ? {} : { serverName: t.server_name }),
+    ...(t.insecure_skip_verify ? { insecureSkipVerify: true } : {}),
+  };
+}
+
+/**
+ * Builds worker-RPC clients. The credential sent to each worker is its own
+ * `auth.worker_tokens` entry, else the shared token, else a short-lived
+ * signed `worker:rpc` token minted per call (reference §2.5, with per-worker
+ * tokens working in both directions).
+ */
+function remoteClientFactory(
+  config: StacyConfig,
+  perWorkerTokens: ReadonlyMap<string, string>,
+  clock: Clock,
+): RemoteClientFactory {
+  const tls = rpcClientTls(config);
+  const source = () => ({
+    perWorkerTokens,
+    sharedToken: config.auth.worker_token,
+    signingKey: config.auth.worker_signing_key,
+    nowMs: clock.nowMs(),
+  });
+  return (workerId, rpcUrl) => {
+    if (rpcTokenFor(workerId, source()) === undefined) {
+      return {
+        unavailable:
+          'the control plane has no credential to call it (set auth.worker_tokens for it, auth.worker_token or auth.worker_signing_key)',
+      };
+    }
+    return new HttpWorkerClient({
+      workerId,
+      rpcUrl,
+      token: () => rpcTokenFor(workerId, source()) ?? '',
+      ...(tls === undefined ? {} : { tls }),
+    });
+  };
+}
+
+/**
+ * Reconciles a remote worker when it (re)joins: the first beat this control
+ * plane process sees, or a beat after it was stale/offline. Records whose
+ * runtime is gone become destroyed; runtimes with no live record (a spawn
+ * whose answer was lost, a sandbox destroyed while the worker was away) are
+ * removed, so nothing keeps running unowned. One run per worker at a time.
+ */
+class WorkerRejoin {
+  private readonly seenIds = new Set<string>();
+  private readonly running = new Map<string, Promise<void>>();
+
+  constructor(
+    private readonly sandboxes: SandboxService,
+    private readonly logger: PinoLogger,
+  ) {}
+
+  seen(w: WorkerRecord, wasAlive: boolean): void {
+    const first = !this.seenIds.has(w.id);
+    this.seenIds.add(w.id);
+    if ((!first && wasAlive) || this.running.has(w.id)) return;
+    if (typeof w.capacity['rpc_url'] !== 'string' || w.capacity['rpc_url'] === '') return;
+    const run = this.reconcile(w).finally(() => this.running.delete(w.id));
+    this.running.set(w.id, run);
+  }
+
+  private async reconcile(w: WorkerRecord): Promise<void> {
+    const ctx = { requestId: `rejoin-${w.id}`, actor: 'system:reconcile' };
+    try {
+      const gone = await this.sandboxes.reconcileWorker(w.id, ctx);
+      const orphans: string[] = [];
+      for (const provider of w.providers) {
+        const { removed } = await this.sandboxes.reconcileOrphans(w.id, provider, 'remove', ctx);
+        orphans.push(...removed);
+      }
+      if (gone + orphans.length > 0) {
+        this.logger.info(
+          { worker_id: w.id, destroyed_records: gone, removed_runtimes: orphans },
+          'worker rejoined; reconciled its sandboxes',
+        );
+      }
+    } catch (err) {
+      this.logger.warn({ worker_id: w.id, err: (err as Error).message }, 'worker reconcile failed');
+    }
+  }
+
+  async idle(): Promise<void> {
+    await Promise.all([...this.running.values()]);
+  }
+}
+
 /** The composition root of `stacyvm serve`: builds every part from config. Does not listen. */
 export async function createControlPlane(o: ControlPlaneOptions): Promise<ControlPlane> {
   const { config, logger } = o;
@@ -147,11 +262,15 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
     });
     await runtime.start();
     const local = createInProcessWorkerClient(runtime);
-    const directory = new StaticWorkerDirectory([local]);
+    const directory = new RoutingWorkerDirectory(
+      local,
+      remoteClientFactory(config, perWorkerTokens, clock),
+      logger,
+    );
     const events = new EventBus({ clock });
     const metrics = new Metrics();
     const d = config.defaults;
-    const staleAfterMs = 2 * 60 * 1000;
+    const staleAfterMs = durationMs(config.server.worker_stale_after);
     const sandboxes = new SandboxService({
       store,
       workers: directory,
@@ -174,7 +293,32 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
         maxSandboxesPerOwner: d.max_sandboxes_per_owner,
       },
     });
-    const workers = new WorkerService({ store, clock, events, logger, staleAfterMs });
+    const rejoin = new WorkerRejoin(sandboxes, logger);
+    const workers = new WorkerService({
+      store,
+      clock,
+      events,
+      logger,
+      staleAfterMs,
+      localWorkerId: LOCAL_WORKER_ID,
+      remotes: directory,
+      onHeartbeat: (record, previous) => {
+        if (record.id === LOCAL_WORKER_ID) return;
+        const refusal = directory.observe(record);
+        if (refusal !== undefined && previous?.capacity['rpc_url'] !== record.capacity['rpc_url']) {
+          logger.warn({ worker_id: record.id, reason: refusal }, 'worker cannot be called');
+        }
+        const wasAlive =
+          previous !== undefined &&
+          (previous.status === 'online' || previous.status === 'draining') &&
+          clock.nowMs() - previous.lastHeartbeatMs <= staleAfterMs;
+        rejoin.seen(record, wasAlive);
+      },
+    });
+    // Workers registered before a restart stay reachable before their next beat.
+    for (const w of await store.workers.list()) {
+      if (w.id !== LOCAL_WORKER_ID) directory.observe(w);
+    }
     const startedAtMs = clock.nowMs();
     const system = new SystemService({
       store,
@@ -232,7 +376,8 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
           preview_domain: config.server.preview_domain,
         },
       }),
-      30_000,
+      // Several beats per stale window, so a short server.worker_stale_after never finds it stale.
+      Math.min(30_000, Math.max(250, Math.floor(staleAfterMs / 4))),
     );
 
     const reaper = new Reaper({
@@ -296,7 +441,9 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
           );
           app.server.closeAllConnections();
         }
+        await rejoin.idle();
         await sandboxes.drain();
+        await directory.close();
         await runtime.stop();
         await store.close();
       })();

@@ -25,6 +25,7 @@ describe('config schema', () => {
         shutdown_timeout: '30s',
         sse_keepalive_interval: '15s',
         reaper_interval: '30s',
+        worker_stale_after: '2m',
       },
       database: { driver: 'sqlite', path: 'stacyvm.db', dsn: '', dsn_file: '' },
       providers: {

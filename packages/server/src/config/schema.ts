@@ -100,6 +100,11 @@ const ServerSection = Type.Object(
       'How often the reaper destroys sandboxes past their expiry, and the worker-liveness sweep marks sandboxes of silent workers unhealthy or expired.',
       'positive',
     ),
+    worker_stale_after: duration(
+      '2m',
+      'How long after its last heartbeat a remote worker counts as stale: it gets no new sandboxes, and the worker-liveness sweep marks its sandboxes unhealthy (expired once past their expiry). Keep it several times the worker.heartbeat_interval of the workers.',
+      'positive',
+    ),
   },
   { description: 'HTTP API of the control plane.' },
 );

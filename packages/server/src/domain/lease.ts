@@ -15,4 +15,6 @@ export interface LeaseToken {
   resourceId: string;
   holderId: string;
   generation: number;
+  /** When the lease lapses (epoch ms); a worker refuses a lapsed lease. Absent on tokens that only fence. */
+  expiresAtMs?: number;
 }

@@ -19,7 +19,9 @@ export type EventType =
   | 'file.moved'
   | 'operation.failed'
   | 'worker.registered'
-  | 'worker.removed';
+  | 'worker.removed'
+  | 'worker.status_changed'
+  | 'worker.draining';
 
 /** Wire shape of an event (SSE `data:` payload). */
 export interface StacyEvent {

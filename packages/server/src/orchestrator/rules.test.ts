@@ -131,6 +131,18 @@ describe('placement', () => {
     expect(d.reason).toBe('no_eligible_worker');
     expect(Object.keys(d.rejected).sort()).toEqual(['w-docker', 'w-full', 'w-stale']);
   });
+
+  it('passes over a worker the control plane cannot call, even the least loaded', () => {
+    const d = placeSandbox({
+      ...base,
+      workers: [worker('w-a'), worker('w-b')],
+      activeByWorker: new Map([['w-b', 4]]),
+      unreachable: (w) => (w.id === 'w-a' ? 'advertises no rpc_url' : undefined),
+    });
+    expect(d.workerId).toBe('w-b');
+    expect(d.rejected['w-a']).toBe('unreachable: advertises no rpc_url');
+    expect(d.eligible).toEqual(['w-b']);
+  });
 });
 
 describe('event bus', () => {

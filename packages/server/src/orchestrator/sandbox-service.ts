@@ -83,6 +83,17 @@ export interface SandboxServiceOptions {
 }
 
 const DEFAULT_PORTS = [3000];
+/** How long a GET waits for a remote worker's view of a sandbox. */
+const REFRESH_TIMEOUT_MS = 5000;
+
+function leaseToken(lease: Lease): NonNullable<RuntimeRef['lease']> {
+  return {
+    resourceId: lease.resourceId,
+    holderId: lease.holderId,
+    generation: lease.generation,
+    expiresAtMs: lease.expiresAtMs,
+  };
+}
 const MAX_METADATA_ENTRIES = 64;
 
 /**
@@ -187,6 +198,7 @@ export class SandboxService {
       localWorkerId: this.o.localWorkerId,
       nowMs: this.now(),
       staleAfterMs: this.o.staleAfterMs ?? DEFAULT_STALE_AFTER_MS,
+      unreachable: (w) => this.o.workers.unreachableReason?.(w),
     });
     return { decision, activeByWorker, liveTotal };
   }
@@ -308,18 +320,14 @@ export class SandboxService {
 
     let lease: Lease | undefined;
     try {
-      lease = await this.o.store.leases.acquire({
+      const acquired = await this.o.store.leases.acquire({
         resourceId: rec.id,
         resourceType: 'sandbox',
         holderId: rec.workerId,
         ttlMs: ttlMs + this.leaseGraceMs,
         nowMs: this.now(),
       });
-      const leaseToken = {
-        resourceId: rec.id,
-        holderId: lease.holderId,
-        generation: lease.generation,
-      };
+      lease = acquired;
       const result = await this.o.metrics.time('spawn', provider, () =>
         this.client(rec.workerId).spawn(
           {
@@ -331,7 +339,7 @@ export class SandboxService {
             ownerId: rec.ownerId,
             metadata: rec.metadata,
             ports: rec.ports,
-            lease: leaseToken,
+            lease: leaseToken(acquired),
           },
           ctx.signal === undefined ? {} : { signal: ctx.signal },
         ),
@@ -400,17 +408,69 @@ export class SandboxService {
     return lease !== undefined && lease.holderId === rec.workerId ? lease : undefined;
   }
 
+  /**
+   * The owner's lease, taken again (next generation) when it lapsed or was
+   * released, e.g. by the liveness sweep for an expired sandbox whose worker
+   * has since come back: the worker checks it, so teardown needs a valid one.
+   */
+  private async liveLease(rec: SandboxRecord): Promise<Lease | undefined> {
+    const now = this.now();
+    const lease = await this.leaseFor(rec);
+    if (lease !== undefined && lease.expiresAtMs > now) return lease;
+    try {
+      return await this.o.store.leases.acquire({
+        resourceId: rec.id,
+        resourceType: 'sandbox',
+        holderId: rec.workerId,
+        ttlMs: Math.max(rec.expiresAtMs - now, 0) + this.leaseGraceMs,
+        nowMs: now,
+      });
+    } catch (err) {
+      // Held by someone else: leave it to them; the worker will refuse us.
+      this.o.logger.warn(
+        { sandbox_id: rec.id, err: (err as Error).message },
+        'lease could not be re-acquired',
+      );
+      return undefined;
+    }
+  }
+
   private async refOf(rec: SandboxRecord): Promise<RuntimeRef> {
     const ref: RuntimeRef = {
       sandboxId: rec.id,
       provider: rec.provider,
       runtimeId: rec.vmId === '' ? rec.id : rec.vmId,
     };
-    const lease = await this.leaseFor(rec);
-    if (lease !== undefined) {
-      ref.lease = { resourceId: rec.id, holderId: lease.holderId, generation: lease.generation };
-    }
+    const lease = await this.liveLease(rec);
+    if (lease !== undefined) ref.lease = leaseToken(lease);
     return ref;
+  }
+
+  /**
+   * A sandbox as its worker sees it now. For a sandbox on a remote worker the
+   * worker is asked (bounded wait); a runtime that is gone turns the record
+   * `destroyed` and the answer 404. An unreachable worker leaves the stored
+   * record as it is: the liveness sweep judges workers, not one slow call.
+   */
+  async refresh(id: string, ctx: CallContext): Promise<SandboxRecord> {
+    const rec = await this.get(id, ctx);
+    if (rec.workerId === this.o.localWorkerId || rec.state !== 'running') return rec;
+    const client = this.o.workers.client(rec.workerId);
+    if (client === undefined) return rec;
+    const ref = await this.refOf(rec);
+    try {
+      await client.status(ref, { signal: AbortSignal.timeout(REFRESH_TIMEOUT_MS) });
+      return rec;
+    } catch (err) {
+      if (isStacyError(err) && err.code === 'NOT_FOUND') {
+        throw await this.checkRuntimeGone(rec, ref, err);
+      }
+      this.o.logger.warn(
+        { sandbox_id: id, worker_id: rec.workerId, err: (err as Error).message },
+        'status refresh from the worker failed; answering from the store',
+      );
+      return rec;
+    }
   }
 
   /** A sandbox that can take runtime operations right now. */
@@ -474,7 +534,7 @@ export class SandboxService {
     );
     if (updated === undefined)
       throw conflict(`sandbox ${id} is ${rec.state} and cannot be extended`);
-    const lease = await this.leaseFor(rec);
+    const lease = await this.liveLease(updated);
     if (lease !== undefined) {
       await this.o.store.leases.renew(
         { resourceId: id, holderId: lease.holderId, generation: lease.generation },
@@ -574,7 +634,17 @@ export class SandboxService {
       const ref: RuntimeRef = { sandboxId: runtimeId, provider, runtimeId };
       if (rec !== undefined || policy === 'remove') {
         try {
+          // The worker checks the lease on destroy: hold one for the removal.
+          const lease = await this.o.store.leases.acquire({
+            resourceId: runtimeId,
+            resourceType: 'sandbox',
+            holderId: workerId,
+            ttlMs: this.leaseGraceMs,
+            nowMs: this.now(),
+          });
+          ref.lease = leaseToken(lease);
           await client.destroy(ref);
+          await this.o.store.leases.release(ref.lease, this.now()).catch(() => false);
           removed.push(runtimeId);
           this.audit(ctx, 'sandbox.reconcile', runtimeId, 'success', 'orphan runtime removed');
         } catch (err) {

@@ -11,6 +11,8 @@ export interface PlacementInput {
   localWorkerId: string;
   nowMs: number;
   staleAfterMs: number;
+  /** Why the control plane cannot call a worker (no RPC address or credential); undefined when it can. */
+  unreachable?: (w: WorkerRecord) => string | undefined;
 }
 
 export interface PlacementDecision {
@@ -44,7 +46,9 @@ export function placeSandbox(input: PlacementInput): PlacementDecision {
     else {
       const cap = capacityLimit(w);
       const active = input.activeByWorker.get(w.id) ?? 0;
+      const unreachable = input.unreachable?.(w);
       if (cap > 0 && active >= cap) rejected[w.id] = `at capacity (${active}/${cap})`;
+      else if (unreachable !== undefined) rejected[w.id] = `unreachable: ${unreachable}`;
       else eligible.push(w);
     }
   }

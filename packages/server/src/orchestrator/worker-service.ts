@@ -1,8 +1,11 @@
 import type { Clock } from '../domain/clock.js';
-import { notFound } from '../domain/errors.js';
+import { formatDurationMs } from '../domain/duration.js';
+import { conflict, invalidField, notFound, StacyError } from '../domain/errors.js';
+import type { Lease } from '../domain/lease.js';
 import type { Logger } from '../domain/logger.js';
 import type { WorkerRecord } from '../domain/worker.js';
-import { DEFAULT_STALE_AFTER_MS, isWorkerStale } from '../domain/worker.js';
+import { DEFAULT_STALE_AFTER_MS, isWorkerStale, LOCAL_WORKER_ID } from '../domain/worker.js';
+import type { CallOptions } from '../providers/provider.js';
 import type { Store, WorkerHeartbeat } from '../store/store.js';
 import type { EventBus } from './events.js';
 
@@ -12,7 +15,22 @@ export interface WorkerServiceOptions {
   events: EventBus;
   logger: Logger;
   staleAfterMs?: number;
+  /** The control plane's own worker id (drained by stopping the control plane, not remotely). */
+  localWorkerId?: string;
+  /** Reaches remote workers (drain requests). */
+  remotes?: {
+    remote(workerId: string): { shutdown(opts?: CallOptions): Promise<void> } | undefined;
+  };
+  /**
+   * Told of every accepted heartbeat with the worker's previous record (if
+   * any): the composition root uses it to learn RPC addresses and to
+   * reconcile a worker that came back.
+   */
+  onHeartbeat?: (record: WorkerRecord, previous: WorkerRecord | undefined) => void;
 }
+
+/** Longest lease a worker may ask for in one renewal. */
+export const MAX_LEASE_RENEW_MS = 24 * 60 * 60 * 1000;
 
 /** The worker registry as the API sees it. */
 export class WorkerService {
@@ -43,8 +61,68 @@ export class WorkerService {
     this.o.events.publish('worker.removed', undefined, { worker_id: id });
   }
 
-  heartbeat(hb: WorkerHeartbeat): Promise<WorkerRecord> {
-    return this.o.store.workers.upsertHeartbeat(hb, this.o.clock.nowMs());
+  async heartbeat(hb: WorkerHeartbeat): Promise<WorkerRecord> {
+    const hook = this.o.onHeartbeat;
+    const previous = hook === undefined ? undefined : await this.o.store.workers.get(hb.id);
+    const record = await this.o.store.workers.upsertHeartbeat(hb, this.o.clock.nowMs());
+    if (previous === undefined) {
+      this.o.events.publish('worker.registered', undefined, { worker_id: hb.id });
+    } else if (previous.status !== record.status) {
+      this.o.events.publish('worker.status_changed', undefined, {
+        worker_id: hb.id,
+        from: previous.status,
+        to: record.status,
+      });
+    }
+    hook?.(record, previous);
+    return record;
+  }
+
+  /**
+   * Drains a remote worker: it refuses new sandboxes and keeps serving the
+   * ones it has. The registry shows `draining` at once, so placement stops
+   * choosing it before its next heartbeat.
+   */
+  async drain(id: string, opts?: CallOptions): Promise<WorkerRecord> {
+    const w = await this.get(id);
+    if (id === (this.o.localWorkerId ?? LOCAL_WORKER_ID)) {
+      throw new StacyError(
+        'BAD_REQUEST',
+        `worker "${id}" is the control plane's own worker; it drains when the control plane stops (SIGTERM)`,
+      );
+    }
+    const client = this.o.remotes?.remote(id);
+    if (client === undefined) {
+      throw new StacyError(
+        'UNAVAILABLE',
+        `worker "${id}" cannot be reached: it advertises no usable rpc_url or the control plane has no credential for it`,
+      );
+    }
+    await client.shutdown(opts);
+    await this.o.store.workers.setStatus(id, 'draining', this.o.clock.nowMs());
+    this.o.events.publish('worker.draining', undefined, { worker_id: id, requested_by: 'admin' });
+    this.o.logger.info({ worker_id: id }, 'worker drain requested');
+    return { ...w, status: 'draining' };
+  }
+
+  /**
+   * A worker extends its lease on a sandbox it holds. Same holder, same
+   * generation, not lapsed; otherwise CONFLICT.
+   */
+  async renewLease(workerId: string, resourceId: string, ttlMs: number): Promise<Lease> {
+    if (!(ttlMs > 0)) throw invalidField('ttl', 'ttl must be a positive duration');
+    if (ttlMs > MAX_LEASE_RENEW_MS) {
+      throw invalidField('ttl', `ttl must be at most ${formatDurationMs(MAX_LEASE_RENEW_MS)}`);
+    }
+    const lease = await this.o.store.leases.get(resourceId);
+    if (lease === undefined || lease.holderId !== workerId) {
+      throw conflict(`lease on ${resourceId} is not held by worker ${workerId}`);
+    }
+    return this.o.store.leases.renew(
+      { resourceId, holderId: workerId, generation: lease.generation },
+      ttlMs,
+      this.o.clock.nowMs(),
+    );
   }
 
   /**
@@ -53,7 +131,6 @@ export class WorkerService {
    */
   async startLocalHeartbeat(hb: () => WorkerHeartbeat, intervalMs: number): Promise<void> {
     await this.heartbeat(hb());
-    this.o.events.publish('worker.registered', undefined, { worker_id: hb().id });
     this.timer = setInterval(() => {
       this.heartbeat(hb()).catch((err: unknown) =>
         this.o.logger.warn({ err: (err as Error).message }, 'local worker heartbeat failed'),

@@ -108,7 +108,7 @@ export const sandboxRoutes: FastifyPluginAsyncTypebox<SandboxRouteDeps> = async 
         response: { 200: SandboxSchema, 404: ErrorBodySchema },
       },
     },
-    async (req) => wire(await sandboxes.get(req.params.id, callContext(req))),
+    async (req) => wire(await sandboxes.refresh(req.params.id, callContext(req))),
   );
 
   app.delete(
