@@ -375,7 +375,7 @@ export function registerWorkerCommand(program: Command, deps: WorkerCommandDeps 
     )
     .addHelpText(
       'after',
-      '\nSignals: the first SIGTERM/SIGINT drains (no new sandboxes, in-flight calls finish, then an offline heartbeat); a second one stops at once.',
+      '\nSignals: the first SIGTERM/SIGINT drains (no new sandboxes; existing ones are served until they are gone or worker.shutdown_timeout passes, then an offline heartbeat); a second one stops at once.',
     )
     .action(async (_opts: unknown, cmd: Command) => {
       await runWorker(io, cmd.opts<WorkerFlags>());
@@ -384,7 +384,7 @@ export function registerWorkerCommand(program: Command, deps: WorkerCommandDeps 
   const drain = worker
     .command('drain')
     .description(
-      'ask the control plane to drain a worker (it stops taking sandboxes and shuts down)',
+      'ask the control plane to drain a worker (no new sandboxes; it serves the ones it has and exits once they are gone)',
     )
     .argument('<worker-id>', 'worker to drain')
     .option(

@@ -711,7 +711,7 @@ describe('WorkerAgent', () => {
       expect(took).toBeLessThan(5_000);
       expect(statuses(cp)).toEqual(['online', 'draining', 'offline']);
       expect(
-        ctx.logger.lines.some((l) => l.level === 'warn' && /drain timeout passed/.test(l.msg)),
+        ctx.logger.lines.some((l) => l.level === 'warn' && /drain deadline passed/.test(l.msg)),
       ).toBe(true);
       // Stopping the runtime ends the leftover command; it must not outlive the test.
       await exec;
@@ -872,6 +872,15 @@ describe('WorkerAgent', () => {
           result: { stdout: string; exit_code: number };
         };
         expect(envelope.result).toMatchObject({ stdout: 'over-rpc\n', exit_code: 0 });
+        // An admin drain keeps serving the sandboxes it holds: still up, still draining.
+        await new Promise((r) => setTimeout(r, 700));
+        expect(statuses(cp)).not.toContain('offline');
+        expect(
+          (await call(TOKEN, 'worker.status', { sandbox_id: ref.sandboxId, provider: 'mock' }))
+            .status,
+        ).toBe(200);
+        // Once its last sandbox is destroyed, the drained worker leaves.
+        await agent.runtime.destroy(ref);
         await agent.stopped;
         expect(statuses(cp)).toEqual(['online', 'draining', 'offline']);
         // The server is closed: nothing answers at rpc_url any more.

@@ -10,8 +10,10 @@
  * - an all-interfaces listen address is never advertised: `advertise_addr`
  *   names the address the control plane dials;
  * - SIGTERM/SIGINT and `worker.shutdown` drain: new spawns are refused, a
- *   `draining` heartbeat is sent at once, in-flight calls finish (bounded by
- *   the shutdown timeout), then an `offline` heartbeat ends the registration.
+ *   `draining` heartbeat is sent at once, existing sandboxes keep being
+ *   served until none is left and nothing is in flight (a signal bounds this
+ *   by the shutdown timeout; an admin drain waits until the worker is empty),
+ *   then an `offline` heartbeat ends the registration.
  *
  * Credentials (tokens, keys) never appear in a log line or an error message.
  */
@@ -57,6 +59,8 @@ export const SELF_SIGNED_TOKEN_TTL_MS = 5 * 60_000;
 export const DEFAULT_BOOTSTRAP_TOKEN_TTL = '5m';
 /** How long the last `offline` heartbeat may take when stopping at once (second signal). */
 const FORCED_OFFLINE_TIMEOUT_MS = 3_000;
+/** How often a drain checks whether the worker is empty. */
+const DRAIN_POLL_MS = 500;
 /** Grace given to open RPC connections when the server closes after a drain. */
 const RPC_CLOSE_GRACE_MS = 5_000;
 /** Longest error body quoted from the control plane. */
@@ -689,37 +693,86 @@ export class WorkerAgent {
    * heartbeat is sent and the RPC server and runtime close. Sandboxes are not
    * destroyed. Idempotent; resolves when stopped.
    */
-  drain(reason: string): Promise<void> {
-    if (this.drainPromise !== undefined) return this.drainPromise;
+  drain(reason: string, opts: { untilEmpty?: boolean } = {}): Promise<void> {
+    if (this.drainPromise !== undefined) {
+      // A signal during an open-ended (admin) drain bounds it by the shutdown timeout.
+      if (opts.untilEmpty !== true) this.boundDrain();
+      return this.drainPromise;
+    }
     if (this.phase !== 'running') {
       this.drainPromise = this.stopNow(reason);
       return this.drainPromise;
     }
     this.phase = 'draining';
+    this.drainDeadlineMs =
+      opts.untilEmpty === true ? Infinity : performance.now() + this.o.shutdownTimeoutMs;
     this.drainPromise = this.runDrain(reason);
     return this.drainPromise;
+  }
+
+  private drainDeadlineMs = Infinity;
+  private drainWake: (() => void) | undefined;
+
+  private boundDrain(): void {
+    this.drainDeadlineMs = Math.min(
+      this.drainDeadlineMs,
+      performance.now() + this.o.shutdownTimeoutMs,
+    );
+    this.drainWake?.();
+  }
+
+  /** Sandboxes this worker still holds, over every provider (0 when none can be listed). */
+  private async liveRuntimes(): Promise<number> {
+    let n = 0;
+    for (const p of this.o.runtime.providerNames) {
+      n += (await this.o.runtime.listRuntimes(p).catch(() => [])).length;
+    }
+    return n;
+  }
+
+  /**
+   * Keeps serving until nothing is in flight and no sandbox is left on this
+   * worker (destroyed or expired through the control plane), or the drain
+   * deadline passes. True when it emptied.
+   */
+  private async waitDrained(): Promise<boolean> {
+    for (;;) {
+      if (this.isStopped()) return false;
+      if (this.runtime.inFlight === 0 && (await this.liveRuntimes()) === 0) return true;
+      const left = this.drainDeadlineMs - performance.now();
+      if (left <= 0) return false;
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, Math.min(DRAIN_POLL_MS, left));
+        this.drainWake = () => {
+          clearTimeout(t);
+          resolve();
+        };
+      });
+      this.drainWake = undefined;
+    }
   }
 
   private async runDrain(reason: string): Promise<void> {
     const log = this.o.logger;
     log.info(
       { worker_id: this.workerId, reason, in_flight: this.runtime.inFlight },
-      'draining: refusing new sandboxes, finishing in-flight work (existing sandboxes are kept)',
+      'draining: refusing new sandboxes, serving existing ones until they are gone or the drain deadline',
     );
     this.o.runtime.drain();
     await this.beatLogged('draining');
     // A second signal may stop everything meanwhile (checked after each wait).
     if (this.isStopped()) return;
-    const idle = await this.runtime.waitIdle(this.o.shutdownTimeoutMs);
+    const emptied = await this.waitDrained();
     if (this.isStopped()) return;
-    if (!idle) {
+    if (!emptied) {
       log.warn(
         {
           worker_id: this.workerId,
           in_flight: this.runtime.inFlight,
+          sandboxes: await this.liveRuntimes(),
           timeout_ms: this.o.shutdownTimeoutMs,
         },
-        'drain timeout passed with calls still in flight; stopping anyway',
+        'drain deadline passed with work left; stopping anyway (sandboxes are kept and recover when the worker returns)',
       );
     }
     this.stopLoop();
@@ -838,7 +891,7 @@ export class WorkerAgent {
       logger: this.o.logger,
       renewLease: (resourceId, ttl) => this.renewLease(resourceId, ttl),
       onShutdown: () => {
-        void this.drain('worker.shutdown RPC');
+        void this.drain('worker.shutdown RPC', { untilEmpty: true });
       },
     });
     this.rpc = server;
