@@ -434,7 +434,8 @@ export function buildRotationPlan(
   };
 }
 
-function rotationPlanMarkdown(plan: RotationPlan): string {
+/** The plan as a Markdown checklist (`worker token rotation-plan --format markdown`). */
+export function rotationPlanMarkdown(plan: RotationPlan): string {
   return [
     '# Signed worker token rotation plan',
     '',
