@@ -190,6 +190,51 @@ describe('HttpWorkerClient transport failures', () => {
     }
   });
 
+  test('a call timeout shorter than an exec never cuts it: execs and streams run to their own deadline', async () => {
+    const client = new HttpWorkerClient({
+      workerId: 'worker-a',
+      rpcUrl: subject.url,
+      token: () => 'worker-a-static-token',
+      callTimeoutMs: 300,
+      execMarginMs: 2000,
+    });
+    try {
+      const ref = { sandboxId: 'sb-00c0ffee', provider: 'mock', runtimeId: 'sb-00c0ffee' };
+      await subject.client.spawn({
+        sandboxId: ref.sandboxId,
+        provider: 'mock',
+        image: 'x',
+        memoryMb: 64,
+        vcpus: 1,
+        ownerId: '',
+        metadata: {},
+        ports: [],
+        lease: { resourceId: ref.sandboxId, holderId: 'worker-a', generation: 1 },
+      });
+      const spec = {
+        command: 'sleep 1; echo done',
+        args: [],
+        mode: 'shell' as const,
+        env: {},
+        workdir: '',
+        timeoutMs: 10_000,
+      };
+      const out = await client.exec(ref, spec);
+      expect(out).toMatchObject({ exitCode: 0, stdout: 'done\n', timedOut: false });
+      const events: string[] = [];
+      for await (const ev of client.execStream(ref, spec)) {
+        events.push(ev.type === 'exit' ? `exit ${ev.exitCode}` : Buffer.from(ev.data).toString());
+      }
+      expect(events).toEqual(['done\n', 'exit 0']);
+      await subject.client.destroy({
+        ...ref,
+        lease: { resourceId: ref.sandboxId, holderId: 'worker-a', generation: 1 },
+      });
+    } finally {
+      await client.close();
+    }
+  });
+
   test('health reports the worker id and state', async () => {
     expect(await subject.client.health()).toEqual({
       status: 'ok',
