@@ -83,6 +83,8 @@ export interface SandboxServiceOptions {
 }
 
 const DEFAULT_PORTS = [3000];
+/** Exit code recorded for a streamed exec that ended before its command did (cancelled or cut). */
+export const CANCELLED_EXIT_CODE = -1;
 /** How long a GET waits for a remote worker's view of a sandbox. */
 const REFRESH_TIMEOUT_MS = 5000;
 
@@ -701,6 +703,7 @@ export class SandboxService {
     outcome: ExecOutcome,
     streamed: boolean,
     ctx: CallContext,
+    ended: 'exited' | 'cancelled' = 'exited',
   ): void {
     const out = this.clip(outcome.stdout);
     const errOut = this.clip(outcome.stderr);
@@ -728,13 +731,15 @@ export class SandboxService {
       mode: spec.mode,
       streamed,
     };
-    this.o.events.publish(outcome.timedOut ? 'exec.timeout' : 'exec.completed', rec.id, data);
+    if (ended === 'exited') {
+      this.o.events.publish(outcome.timedOut ? 'exec.timeout' : 'exec.completed', rec.id, data);
+    }
     this.audit(
       ctx,
       'exec',
       rec.id,
-      outcome.timedOut ? 'failure' : 'success',
-      `exit=${outcome.exitCode} duration=${formatDurationMs(outcome.durationMs)} mode=${spec.mode}${streamed ? ' stream=true' : ''}${outcome.timedOut ? ' timed_out=true' : ''}`,
+      outcome.timedOut || ended === 'cancelled' ? 'failure' : 'success',
+      `exit=${outcome.exitCode} duration=${formatDurationMs(outcome.durationMs)} mode=${spec.mode}${streamed ? ' stream=true' : ''}${outcome.timedOut ? ' timed_out=true' : ''}${ended === 'cancelled' ? ' cancelled=true' : ''}`,
     );
   }
 
@@ -832,6 +837,22 @@ export class SandboxService {
           error: 'stream ended early',
           streamed: true,
         });
+        // Cancelled (client gone, caller stopped reading) or cut: still an
+        // exec that ran, so it gets its log row with the output seen so far.
+        this.recordExec(
+          rec,
+          spec,
+          {
+            exitCode: CANCELLED_EXIT_CODE,
+            timedOut: false,
+            durationMs: performance.now() - started,
+            stdout: Buffer.concat(kept.stdout).toString(),
+            stderr: Buffer.concat(kept.stderr).toString(),
+          },
+          true,
+          ctx,
+          'cancelled',
+        );
       }
     }
   }

@@ -502,8 +502,10 @@ describe.skipIf(unavailable !== undefined)(
       expect(rows).toContainEqual(
         expect.objectContaining({ command: 'echo hi', exit_code: 0, stdout: 'hi\n' }),
       );
-      // The cut stream never finished, so it has no exec-log row.
-      expect(rows.some((r: Json) => r.command === TICK_COMMAND)).toBe(false);
+      // The cut stream is recorded as cut: exit -1, with the output seen before the kill.
+      const cut = rows.find((r: Json) => r.command === TICK_COMMAND);
+      expect(cut).toMatchObject({ exit_code: -1, streamed: true });
+      expect(String(cut?.stdout)).toContain('tick 1');
 
       const del = await api('DELETE', `/sandboxes/${sandboxId}`);
       expect(del.status, del.text).toBe(200);

@@ -98,6 +98,9 @@ export const execRoutes: FastifyPluginAsyncTypebox<ExecRouteDeps> = async (app, 
       const events = await sandboxes.execStream(req.params.id, spec, ctx);
       const encoder = new ExecEventEncoder(req.params.id);
       async function* lines(): AsyncGenerator<string> {
+        // Headers go out now, not with the first output: a quiet command
+        // must not look like a hung server to the client.
+        if (!reply.raw.headersSent) reply.raw.flushHeaders();
         try {
           for await (const ev of events) {
             for (const msg of encoder.encode(ev)) yield `${JSON.stringify(msg)}\n`;
