@@ -29,9 +29,20 @@ export default defineConfig({
         test: {
           name: 'e2e',
           include: ['packages/*/test/e2e/**/*.e2e.test.ts'],
-          exclude: ['**/*.docker.e2e.test.ts'],
+          exclude: ['**/*.docker.e2e.test.ts', '**/*.pg.e2e.test.ts'],
           testTimeout: 60_000,
           hookTimeout: 60_000,
+        },
+      },
+      {
+        test: {
+          name: 'pg',
+          include: ['packages/*/src/**/*.pg.test.ts', 'packages/*/test/e2e/**/*.pg.e2e.test.ts'],
+          globalSetup: ['packages/server/test/support/pg-global-setup.ts'],
+          testTimeout: 60_000,
+          hookTimeout: 120_000,
+          // After the other projects: the lease contention test loads both cores on purpose.
+          sequence: { groupOrder: 1 },
         },
       },
     ],

@@ -1,5 +1,7 @@
 import type { Clock } from '../domain/clock.js';
-import { StacyError, unavailable } from '../domain/errors.js';
+import { StacyError } from '../domain/errors.js';
+import { createPostgresStore } from './postgres/open-postgres.js';
+import type { CreatePostgresStoreOptions } from './postgres/open-postgres.js';
 import { createSqliteStore } from './sqlite/open-sqlite.js';
 import type { Store } from './store.js';
 
@@ -10,6 +12,10 @@ export interface CreateStoreOptions {
   path?: string;
   /** Postgres connection string (`database.dsn`). */
   dsn?: string;
+  /** Postgres pool size (`database.max_open_conns`). */
+  maxOpenConns?: number;
+  /** Postgres statement timeout in ms, 0 for none (`database.statement_timeout`). */
+  statementTimeoutMs?: number;
   /** Default time source for operations whose `nowMs` is optional. */
   clock?: Clock;
 }
@@ -32,7 +38,23 @@ export async function createStore(opts: CreateStoreOptions): Promise<Store> {
         opts.clock === undefined ? { path: opts.path } : { path: opts.path, clock: opts.clock },
       );
     }
-    case 'postgres':
-      throw unavailable('postgres driver is not available in this build yet');
+    case 'postgres': {
+      if (opts.dsn === undefined || opts.dsn.trim() === '') {
+        throw new StacyError('BAD_REQUEST', 'database.dsn is required for the postgres driver', {
+          details: [
+            {
+              field: 'database.dsn',
+              problem: 'is required when database.driver is postgres (or set database.dsn_file)',
+            },
+          ],
+        });
+      }
+      const pgOpts: CreatePostgresStoreOptions = { dsn: opts.dsn };
+      if (opts.clock !== undefined) pgOpts.clock = opts.clock;
+      if (opts.maxOpenConns !== undefined) pgOpts.maxOpenConns = opts.maxOpenConns;
+      if (opts.statementTimeoutMs !== undefined)
+        pgOpts.statementTimeoutMs = opts.statementTimeoutMs;
+      return createPostgresStore(pgOpts);
+    }
   }
 }

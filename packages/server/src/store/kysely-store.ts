@@ -125,16 +125,36 @@ export interface StoreDatabase {
   audit_events: AuditEventsTable;
 }
 
-/** How a dialect classifies a driver error, so one store can word it. */
-export type DriverErrorKind = 'unique-violation' | 'busy' | 'other';
+/**
+ * How a dialect classifies a driver error, so one store can word it:
+ * - `unique-violation`: a primary key or unique constraint refused a write;
+ * - `busy`: a lock could not be had in time; the caller may try again;
+ * - `retry`: the statement lost a serialization race and had no effect, so
+ *   the store re-runs it (every store operation is safe to re-run then: each
+ *   writes with one statement, and a follow-up read only words a refusal);
+ * - `unavailable`: the database cannot be reached or refused the connection;
+ * - `other`: anything else (a bug or a corrupt database).
+ */
+export type DriverErrorKind = 'unique-violation' | 'busy' | 'retry' | 'unavailable' | 'other';
 
 /**
  * Everything that differs between SQL dialects, supplied by the dialect
- * folder (`sqlite/`, later `postgres/`). Queries never branch on it.
+ * folder (`sqlite/`, `postgres/`). Queries never branch on it.
  */
 export interface StoreDialectAdapter extends SchemaDialect {
   readonly name: Store['dialect'];
   classifyError(err: unknown): DriverErrorKind;
+  /**
+   * Names the database in an UNAVAILABLE message, e.g.
+   * `postgres database "stacyvm" on db:5432`. Never holds a secret.
+   */
+  readonly target?: string;
+  /**
+   * Removes secrets (a password) from a driver message. When set, the
+   * driver's error is also replaced by a redacted copy as the cause, so
+   * nothing that logs the cause can leak connection details.
+   */
+  readonly redact?: (text: string) => string;
 }
 
 /** Options of {@link KyselyStore}. */
@@ -149,6 +169,8 @@ export const AUDIT_DETAIL_MAX_CHARS = 2048;
 export const DEFAULT_LIST_LIMIT = 100;
 /** Upper bound on the rows one audit or exec-log listing returns. */
 export const MAX_LIST_LIMIT = 1000;
+/** Re-runs of an operation that lost a serialization race before it is reported busy. */
+export const SERIALIZATION_RETRIES = 5;
 
 type Run = <T>(
   op: string,
@@ -329,6 +351,23 @@ function requirePositive(field: string, value: number): void {
 }
 
 const iso = (ms: number): string => new Date(ms).toISOString();
+
+/**
+ * Postgres TEXT cannot hold U+0000, which binary command output can contain;
+ * it is stored as U+FFFD on every dialect so both keep the same data.
+ */
+const storableText = (s: string): string => (s.includes('\0') ? s.replaceAll('\0', '\uFFFD') : s);
+
+function errorMessage(err: unknown): string {
+  if (err instanceof AggregateError && err.message === '') {
+    // Node reports a refused dual-stack connect as an AggregateError without a message.
+    const inner = err.errors.map((e) => errorMessage(e)).filter((m) => m !== '');
+    if (inner.length > 0) return [...new Set(inner)].join('; ');
+  }
+  return err instanceof Error ? err.message : String(err);
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 class SqlSandboxStore implements SandboxStore {
   constructor(
@@ -639,12 +678,12 @@ class SqlExecLogStore implements ExecLogStore {
         .insertInto('exec_logs')
         .values({
           sandbox_id: e.sandboxId,
-          command: e.command,
+          command: storableText(e.command),
           args: JSON.stringify(e.args),
           mode: e.mode,
           exit_code: e.exitCode,
-          stdout: e.stdout,
-          stderr: e.stderr,
+          stdout: storableText(e.stdout),
+          stderr: storableText(e.stderr),
           truncated: e.truncated ? 1 : 0,
           duration_ms: Math.round(e.durationMs),
           timed_out: e.timedOut ? 1 : 0,
@@ -683,9 +722,9 @@ class SqlAuditStore implements AuditStore {
           actor: e.actor,
           action: e.action,
           sandbox_id: e.sandboxId,
-          resource: e.resource,
+          resource: storableText(e.resource),
           status: e.status,
-          detail: e.detail.slice(0, AUDIT_DETAIL_MAX_CHARS),
+          detail: storableText(e.detail.slice(0, AUDIT_DETAIL_MAX_CHARS)),
           request_id: e.requestId,
           created_at: e.createdAtMs,
         })
@@ -770,29 +809,58 @@ export class KyselyStore implements Store {
     fn: (db: Kysely<StoreDatabase>) => Promise<T>,
     onUnique?: () => StacyError,
   ): Promise<T> {
-    if (this.closed) throw unavailable(`store is closed (${op})`);
-    try {
-      return await fn(this.db);
-    } catch (err) {
-      throw this.wrap(op, err, onUnique);
+    for (let attempt = 1; ; attempt++) {
+      if (this.closed) throw unavailable(`store is closed (${op})`);
+      try {
+        return await fn(this.db);
+      } catch (err) {
+        if (
+          attempt <= SERIALIZATION_RETRIES &&
+          !(err instanceof StacyError) &&
+          this.adapter.classifyError(err) === 'retry'
+        ) {
+          // The losing statement changed nothing; back off a little, with jitter.
+          await sleep(Math.random() * 5 * attempt);
+          continue;
+        }
+        throw this.wrap(op, err, onUnique);
+      }
     }
   }
 
   private wrap(op: string, err: unknown, onUnique?: () => StacyError): StacyError {
     if (err instanceof StacyError) return err;
-    const detail = err instanceof Error ? err.message : String(err);
+    const redact = this.adapter.redact;
+    const detail = redact === undefined ? errorMessage(err) : redact(errorMessage(err));
+    const cause = redact === undefined ? err : redactedCause(err, detail);
     switch (this.adapter.classifyError(err)) {
       case 'unique-violation': {
         const e = onUnique?.() ?? new StacyError('CONFLICT', `${op}: record already exists`);
-        return new StacyError(e.code, e.message, { cause: err });
+        return new StacyError(e.code, e.message, { cause });
       }
       case 'busy':
+      case 'retry':
         return new StacyError('UNAVAILABLE', `${op}: database is busy, try again`, {
-          cause: err,
+          cause,
           retryable: true,
         });
+      case 'unavailable':
+        return new StacyError(
+          'UNAVAILABLE',
+          `${op}: ${this.adapter.target ?? 'the database'} is unavailable: ${detail}`,
+          { cause, retryable: true },
+        );
       case 'other':
-        return internalError(`${op} failed: ${detail}`, err);
+        return internalError(`${op} failed: ${detail}`, cause);
     }
   }
+}
+
+/** A stand-in for a driver error that keeps its code but only the redacted text. */
+function redactedCause(err: unknown, message: string): Error {
+  const copy = new Error(message);
+  if (typeof err === 'object' && err !== null && 'code' in err && typeof err.code === 'string') {
+    Object.assign(copy, { code: err.code });
+  }
+  return copy;
 }

@@ -13,6 +13,12 @@ export interface SchemaDialect {
   };
   /** Whether a driver error says a table does not exist. */
   isMissingTable(err: unknown): boolean;
+  /**
+   * Runs `fn` on one connection while holding a lock that keeps other
+   * processes' migrators out (Postgres: an advisory lock). Absent where the
+   * database admits one writer at a time anyway (SQLite).
+   */
+  withMigrationLock?<T>(db: Kysely<unknown>, fn: (db: Kysely<unknown>) => Promise<T>): Promise<T>;
 }
 
 /** One versioned schema change, applied inside a transaction. */
@@ -166,13 +172,27 @@ export async function readSchemaVersion(
  * Applies the pending migrations of `migrations`, each in its own transaction,
  * and returns the versions applied (empty when up to date). A database whose
  * version is newer than this build knows is refused before anything changes,
- * because running old code against a newer schema can corrupt data.
+ * because running old code against a newer schema can corrupt data. Where the
+ * dialect has a migration lock, all of it runs under that lock, so concurrent
+ * migrators apply each migration once and all end on the same version.
  */
 export async function runMigrations(
   db: Kysely<unknown>,
   dialect: SchemaDialect,
   nowMs: number,
   migrations: readonly Migration[] = MIGRATIONS,
+): Promise<number[]> {
+  if (dialect.withMigrationLock === undefined) {
+    return migrateUnlocked(db, dialect, nowMs, migrations);
+  }
+  return dialect.withMigrationLock(db, (conn) => migrateUnlocked(conn, dialect, nowMs, migrations));
+}
+
+async function migrateUnlocked(
+  db: Kysely<unknown>,
+  dialect: SchemaDialect,
+  nowMs: number,
+  migrations: readonly Migration[],
 ): Promise<number[]> {
   const known = migrations.reduce((max, m) => Math.max(max, m.version), 0);
   const current = await readSchemaVersion(db, dialect);

@@ -155,6 +155,30 @@ describe('sqlite store', () => {
     expect(err.message).toMatch(/is a directory/);
   });
 
+  test('stores NUL characters of command output as U+FFFD, as Postgres must', async () => {
+    const store = await createSqliteStore({ path: ':memory:' });
+    try {
+      await store.migrate();
+      await store.execLogs.append({
+        sandboxId: 'sb-nul',
+        command: 'cat',
+        args: [],
+        mode: 'argv',
+        exitCode: 0,
+        stdout: 'a\0b',
+        stderr: '',
+        truncated: false,
+        durationMs: 1,
+        timedOut: false,
+        streamed: false,
+        createdAtMs: T0,
+      });
+      expect((await store.execLogs.list('sb-nul', 1))[0]?.stdout).toBe('a\uFFFDb');
+    } finally {
+      await store.close();
+    }
+  });
+
   test('reports a busy database as a retryable UNAVAILABLE', async ({ dir }) => {
     const path = join(dir, 'stacyvm.db');
     const store = await createSqliteStore({ path, busyTimeoutMs: 20 });
@@ -205,9 +229,9 @@ describe('createStore', () => {
     ]);
   });
 
-  test('says the postgres driver is not available in this build yet', async () => {
-    const err = await rejection(createStore({ driver: 'postgres', dsn: 'postgres://x' }));
-    expect(err.code).toBe('UNAVAILABLE');
-    expect(err.message).toBe('postgres driver is not available in this build yet');
+  test('requires a DSN for the postgres driver, naming the config key', async () => {
+    const err = await rejection(createStore({ driver: 'postgres' }));
+    expect(err.code).toBe('BAD_REQUEST');
+    expect(err.details?.[0]?.field).toBe('database.dsn');
   });
 });
