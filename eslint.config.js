@@ -60,6 +60,7 @@ export default tseslint.config(
         { type: 'rpc', pattern: 'packages/server/src/rpc/**/*', mode: 'file' },
         { type: 'worker', pattern: 'packages/server/src/worker/**/*', mode: 'file' },
         { type: 'orchestrator', pattern: 'packages/server/src/orchestrator/**/*', mode: 'file' },
+        { type: 'preview', pattern: 'packages/server/src/preview/**/*', mode: 'file' },
         { type: 'api', pattern: 'packages/server/src/api/**/*', mode: 'file' },
         { type: 'cli', pattern: 'packages/server/src/cli/**/*', mode: 'file' },
         { type: 'root', pattern: 'packages/server/src/*', mode: 'file' },
@@ -87,6 +88,8 @@ export default tseslint.config(
               allow: ['domain', 'provider-api', 'rpc', 'store-api', 'orchestrator'],
             },
             { from: 'api', allow: ['domain', 'orchestrator', 'rpc', 'api'] },
+            // The preview gateway is transport only: a resolver is injected, so it needs no orchestrator.
+            { from: 'preview', allow: ['domain', 'provider-api', 'rpc', 'preview'] },
             { from: 'cli', allow: ['*'] },
             { from: 'root', allow: ['*'] },
           ],

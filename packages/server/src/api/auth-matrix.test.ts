@@ -87,6 +87,9 @@ describe('auth matrix: every route with no key, the API key and the admin key', 
       if (r.path.startsWith('/api/v1/admin/')) {
         expect(res.statusCode, `${r.method} ${r.path}`).toBe(403);
         expect(res.json()).toMatchObject({ code: 'FORBIDDEN', message: 'admin API key required' });
+      } else if (r.path === '/api/v1/traefik/config') {
+        // Admin key or the Traefik provider token only (traefik-route.test.ts has its matrix).
+        expect(res.statusCode, `${r.method} ${r.path}`).toBe(403);
       } else {
         expect([401, 403], `${r.method} ${r.path}`).not.toContain(res.statusCode);
         expect(res.statusCode, `${r.method} ${r.path}`).toBeLessThan(500);

@@ -7,6 +7,7 @@ import Fastify, { LogController } from 'fastify';
 import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { EventBus } from '../orchestrator/events.js';
 import type { Metrics } from '../orchestrator/metrics.js';
+import type { PreviewService } from '../orchestrator/preview-service.js';
 import type { SandboxService } from '../orchestrator/sandbox-service.js';
 import type { SystemService } from '../orchestrator/system-service.js';
 import type { WorkerService } from '../orchestrator/worker-service.js';
@@ -18,6 +19,7 @@ import { execRoutes } from './routes/exec.js';
 import { fileRoutes } from './routes/files.js';
 import { sandboxRoutes } from './routes/sandboxes.js';
 import { systemRoutes } from './routes/system.js';
+import { traefikRoutes } from './routes/traefik.js';
 import { workerRoutes } from './routes/worker.js';
 import { workerAdminRoutes } from './routes/worker-admin.js';
 import { ErrorBodySchema } from './schemas/common.js';
@@ -37,10 +39,18 @@ export interface AppDeps {
   workerAuth: WorkerAuthOptions;
   /** A pino logger, or false for none (tests). */
   logger: FastifyBaseLogger | false;
-  previewDomain: string;
+  /** Preview URLs, tokens and the preview fields of sandbox objects. */
+  previews: PreviewService;
   corsAllowedOrigins: string[];
   maxBodyBytes: number;
   sseKeepaliveMs: number;
+  /** `GET /traefik/config` for Traefik's HTTP provider; the route is absent without it. */
+  traefik?: {
+    /** The dynamic configuration built from the running sandboxes. */
+    dynamicConfig: () => Promise<object>;
+    /** `traefik.http_provider_token`; empty = admin key only. */
+    providerToken: string;
+  };
 }
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -158,11 +168,14 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       });
       await api.register(sandboxRoutes, {
         sandboxes: deps.sandboxes,
-        previewDomain: deps.previewDomain,
+        previews: deps.previews,
       });
       await api.register(execRoutes, { sandboxes: deps.sandboxes });
       await api.register(fileRoutes, { sandboxes: deps.sandboxes });
       await api.register(workerRoutes, { workers: deps.workers, auth: deps.workerAuth });
+      if (deps.traefik !== undefined) {
+        await api.register(traefikRoutes, { ...deps.traefik, auth: deps.auth });
+      }
       await api.register(workerAdminRoutes, {
         workers: deps.workers,
         signingKey: deps.workerAuth.signingKeys[0] ?? '',

@@ -5,15 +5,16 @@ import type { WorkerRecord } from '../domain/worker.js';
 import type { ProviderInfo } from '../rpc/worker-client.js';
 import { fileEntryToWire } from '../rpc/protocol.js';
 import type { ExecLogEntry } from '../orchestrator/sandbox-service.js';
+import type { PreviewInfo, PreviewWire } from '../orchestrator/preview-service.js';
 import type { Static } from '@sinclair/typebox';
-import type { FileInfoSchema, SandboxWire, WorkerSchema } from './schemas/common.js';
+import type { FileInfoSchema, PreviewSchema, SandboxWire, WorkerSchema } from './schemas/common.js';
 
 const iso = (ms: number): string => new Date(ms).toISOString();
 /** RFC 3339 to the second, as the reference emits for files and workers. */
 const isoSeconds = (ms: number): string =>
   new Date(Math.floor(ms / 1000) * 1000).toISOString().replace('.000Z', 'Z');
 
-export function sandboxToWire(s: SandboxRecord, previewDomain: string): SandboxWire {
+export function sandboxToWire(s: SandboxRecord, preview: PreviewWire): SandboxWire {
   const out: SandboxWire = {
     id: s.id,
     state: s.state,
@@ -26,12 +27,27 @@ export function sandboxToWire(s: SandboxRecord, previewDomain: string): SandboxW
     updated_at: iso(s.updatedAtMs),
     expires_at: iso(s.expiresAtMs),
     ports: s.ports,
-    preview_domain: previewDomain,
+    preview_domain: preview.domain,
+    preview_scheme: preview.scheme,
   };
+  if (preview.port !== undefined) out.preview_port = preview.port;
   if (s.ownerId !== '') out.owner_id = s.ownerId;
   if (s.tenantId !== '') out.tenant_id = s.tenantId;
   if (s.vmId !== '' && s.vmId !== s.id) out.vm_id = s.vmId;
   if (Object.keys(s.metadata).length > 0) out.metadata = s.metadata;
+  return out;
+}
+
+export function previewToWire(p: PreviewInfo): Static<typeof PreviewSchema> {
+  const out: Static<typeof PreviewSchema> = {
+    url: p.url,
+    port: p.port,
+    sandbox_id: p.sandboxId,
+    private: p.private,
+  };
+  if (p.token !== undefined) out.token = p.token;
+  if (p.expiresAtMs !== undefined) out.expires_at = iso(p.expiresAtMs);
+  if (p.openUrl !== undefined) out.open_url = p.openUrl;
   return out;
 }
 

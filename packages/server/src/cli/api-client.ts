@@ -30,6 +30,21 @@ export interface SandboxJson {
   metadata?: Record<string, string>;
   ports?: number[];
   preview_domain?: string;
+  preview_scheme?: string;
+  preview_port?: number;
+}
+
+/** `GET /sandboxes/{id}/preview/{port}`. */
+export interface PreviewJson {
+  url: string;
+  port: number;
+  sandbox_id: string;
+  private: boolean;
+  token?: string;
+  /** RFC 3339: when the token expires. */
+  expires_at?: string;
+  /** `url` with the token as a query parameter, for a browser. */
+  open_url?: string;
 }
 
 /** Body of `POST /sandboxes`; omitted fields take the server's defaults. */
@@ -221,6 +236,17 @@ export class ApiClient {
   /** `DELETE /sandboxes/{id}`. */
   destroy(id: string, opts: RequestOptions = {}): Promise<{ status: string }> {
     return this.json<{ status: string }>('DELETE', sandboxPath(id), undefined, opts, 'object');
+  }
+
+  /** `GET /sandboxes/{id}/preview/{port}`: the preview URL of a port (and a token when private). */
+  preview(id: string, port: number, opts: RequestOptions = {}): Promise<PreviewJson> {
+    return this.json<PreviewJson>(
+      'GET',
+      `${sandboxPath(id)}/preview/${encodeURIComponent(String(port))}`,
+      undefined,
+      opts,
+      'object',
+    );
   }
 
   /** `GET /sandboxes/{id}/logs?lines=N`. */

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { FastifyInstance } from 'fastify';
 import type { Logger as PinoLogger } from 'pino';
@@ -10,6 +11,10 @@ import { systemClock } from '../domain/clock.js';
 import { LOCAL_WORKER_ID } from '../domain/worker.js';
 import { EventBus } from '../orchestrator/events.js';
 import { Metrics } from '../orchestrator/metrics.js';
+import { PreviewService } from '../orchestrator/preview-service.js';
+import { createPreviewGateway } from '../preview/gateway.js';
+import type { PreviewGateway } from '../preview/gateway.js';
+import { parseListenAddr } from '../worker/worker-agent.js';
 import { LivenessSweeper } from '../orchestrator/liveness.js';
 import { Reaper } from '../orchestrator/reaper.js';
 import { SandboxService } from '../orchestrator/sandbox-service.js';
@@ -30,6 +35,13 @@ import { createStore } from '../store/create-store.js';
 import type { Store } from '../store/store.js';
 import { VERSION } from '../version.js';
 import { WorkerRuntime } from '../worker/worker-runtime.js';
+import type { TraefikRedisPublisher } from '../preview/traefik-redis-publisher.js';
+import {
+  checkTraefikConfig,
+  createTraefikCatalog,
+  createTraefikPublisher,
+  traefikDynamicConfig,
+} from './traefik-wiring.js';
 
 export interface ControlPlane {
   app: FastifyInstance;
@@ -38,6 +50,18 @@ export interface ControlPlane {
   reaper: Reaper;
   /** Marks sandboxes of silent remote workers unhealthy/expired and recovers them. */
   liveness: LivenessSweeper;
+  /** Preview URLs, tokens, worker preview domains and the gateway's resolver. */
+  previews: PreviewService;
+  /** The built-in preview gateway (not listening until {@link listenPreview}); undefined when disabled. */
+  preview: PreviewGateway | undefined;
+  /** Publishes preview routes to Redis for Traefik (`traefik.redis.enabled`), started; else undefined. */
+  traefikRedis: TraefikRedisPublisher | undefined;
+  /**
+   * Binds the preview gateway to `preview.listen_addr` (a test may pass its
+   * own address). Resolves with the bound address, or undefined when the
+   * gateway is disabled.
+   */
+  listenPreview(addr?: string): Promise<{ host: string; port: number } | undefined>;
   /** Stops accepting work, finishes in-flight requests within the timeout, closes the store. */
   close(): Promise<void>;
 }
@@ -70,6 +94,7 @@ function buildDocker(config: StacyConfig, logger: PinoLogger): DockerProvider {
     memory: d.memory,
     cpus: d.cpus,
     previewDomain: config.server.preview_domain,
+    previewUpstream: config.preview.upstream,
     onPullProgress: (p) => logger.info({ pull: p }, 'image pull progress'),
   });
 }
@@ -164,6 +189,7 @@ function remoteClientFactory(
   config: StacyConfig,
   perWorkerTokens: ReadonlyMap<string, string>,
   clock: Clock,
+  previewUrlOf: (workerId: string) => string | undefined,
 ): RemoteClientFactory {
   const tls = rpcClientTls(config);
   const source = () => ({
@@ -183,6 +209,7 @@ function remoteClientFactory(
       workerId,
       rpcUrl,
       token: () => rpcTokenFor(workerId, source()) ?? '',
+      previewUrl: () => previewUrlOf(workerId),
       ...(tls === undefined ? {} : { tls }),
     });
   };
@@ -244,10 +271,14 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
   const clock = o.clock ?? systemClock;
   // Parsed before anything is opened, so a bad entry leaves nothing to clean up.
   const perWorkerTokens = parseWorkerTokenEntries(config.auth.worker_tokens);
+  if (config.preview.enabled) parseListenAddr(config.preview.listen_addr, 'preview.listen_addr');
+  checkTraefikConfig(config);
   const store = await createStore({
     driver: databaseDialect(config),
     path: config.database.path,
     dsn: config.database.dsn,
+    maxOpenConns: config.database.max_open_conns,
+    statementTimeoutMs: durationMs(config.database.statement_timeout),
   });
   try {
     const applied = await store.migrate();
@@ -264,7 +295,10 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
     const local = createInProcessWorkerClient(runtime);
     const directory = new RoutingWorkerDirectory(
       local,
-      remoteClientFactory(config, perWorkerTokens, clock),
+      // `previews` is built below; clients only read it per preview request, after start-up.
+      remoteClientFactory(config, perWorkerTokens, clock, (id: string): string | undefined =>
+        previews.previewUrlOf(id),
+      ),
       logger,
     );
     const events = new EventBus({ clock });
@@ -293,6 +327,24 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
         maxSandboxesPerOwner: d.max_sandboxes_per_owner,
       },
     });
+    const pv = config.preview;
+    const previews: PreviewService = new PreviewService({
+      sandboxes,
+      workers: directory,
+      clock,
+      logger,
+      settings: {
+        enabled: pv.enabled,
+        defaultDomain: config.server.preview_domain,
+        scheme: pv.public_scheme,
+        publicPort: pv.public_port,
+        private: pv.private,
+        tokenTtlMs: durationMs(pv.token_ttl),
+        // Random per process unless configured: tokens then die with the process.
+        tokenKey: pv.token_key === '' ? randomBytes(32) : pv.token_key,
+        extendOnTrafficMs: durationMs(pv.extend_ttl_on_traffic),
+      },
+    });
     const rejoin = new WorkerRejoin(sandboxes, logger);
     const workers = new WorkerService({
       store,
@@ -304,6 +356,7 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
       remotes: directory,
       onHeartbeat: (record, previous) => {
         if (record.id === LOCAL_WORKER_ID) return;
+        previews.observeWorker(record);
         const refusal = directory.observe(record);
         if (refusal !== undefined && previous?.capacity['rpc_url'] !== record.capacity['rpc_url']) {
           logger.warn({ worker_id: record.id, reason: refusal }, 'worker cannot be called');
@@ -317,7 +370,10 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
     });
     // Workers registered before a restart stay reachable before their next beat.
     for (const w of await store.workers.list()) {
-      if (w.id !== LOCAL_WORKER_ID) directory.observe(w);
+      if (w.id !== LOCAL_WORKER_ID) {
+        directory.observe(w);
+        previews.observeWorker(w);
+      }
     }
     const startedAtMs = clock.nowMs();
     const system = new SystemService({
@@ -394,7 +450,19 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
       staleAfterMs,
       intervalMs: durationMs(config.server.reaper_interval),
     });
+    // `preview` (the gateway) is built below; the catalog reads its port per request.
+    const traefikCatalog = createTraefikCatalog({
+      config,
+      store,
+      previews,
+      localWorkerId: LOCAL_WORKER_ID,
+      gatewayPort: () => preview?.port,
+    });
     const app = await buildApp({
+      traefik: {
+        dynamicConfig: traefikDynamicConfig(config, traefikCatalog),
+        providerToken: config.traefik.http_provider_token,
+      },
       sandboxes,
       workers,
       system,
@@ -413,11 +481,44 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
         nowMs: () => clock.nowMs(),
       },
       logger,
-      previewDomain: config.server.preview_domain,
+      previews: previews,
       corsAllowedOrigins: config.server.cors_allowed_origins,
       maxBodyBytes: config.server.max_body_bytes,
       sseKeepaliveMs: durationMs(config.server.sse_keepalive_interval),
     });
+
+    const preview = pv.enabled
+      ? createPreviewGateway({
+          domains: () => previews.domains(),
+          resolve: (target, signal) => previews.resolve(target, signal),
+          ...(pv.private ? { tokenKey: previews.settings.tokenKey } : {}),
+          cookieMaxAgeMs: durationMs(pv.token_ttl),
+          publicScheme: pv.public_scheme,
+          publicPort: () => previews.publicPort,
+          hostRewrite: pv.host_rewrite,
+          upstreamTimeoutMs: durationMs(pv.upstream_timeout),
+          maxConnections: pv.max_connections,
+          logger,
+        })
+      : undefined;
+    const listenPreview = async (
+      addr = pv.listen_addr,
+    ): Promise<{ host: string; port: number } | undefined> => {
+      if (preview === undefined) return undefined;
+      const { host, port } = parseListenAddr(addr, 'preview.listen_addr');
+      const bound = await preview.listen(host, port);
+      if (pv.public_port === 0) previews.setPublicPort(bound.port);
+      // Routes point at the gateway: republish them with its bound port.
+      if (traefikRedis !== undefined) void traefikRedis.resync().catch(() => undefined);
+      return bound;
+    };
+    const traefikRedis = createTraefikPublisher({
+      config,
+      catalog: traefikCatalog,
+      events,
+      logger,
+    });
+    await traefikRedis?.start();
 
     let closing: Promise<void> | undefined;
     const close = (): Promise<void> => {
@@ -428,6 +529,8 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
         await liveness.stop();
         workers.stop();
         const timeoutMs = durationMs(config.server.shutdown_timeout);
+        // Open previews (WebSocket sessions included) get a short grace, not the whole timeout.
+        const previewClosed = preview?.close(Math.min(timeoutMs, 5_000));
         let timer: NodeJS.Timeout | undefined;
         const timedOut = new Promise<'timeout'>((r) => {
           timer = setTimeout(() => r('timeout'), timeoutMs);
@@ -441,15 +544,29 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
           );
           app.server.closeAllConnections();
         }
+        await previewClosed;
         await rejoin.idle();
+        await previews.drain();
         await sandboxes.drain();
+        await traefikRedis?.stop();
         await directory.close();
         await runtime.stop();
         await store.close();
       })();
       return closing;
     };
-    return { app, store, sandboxes, reaper, liveness, close };
+    return {
+      app,
+      store,
+      sandboxes,
+      reaper,
+      liveness,
+      previews: previews,
+      preview,
+      traefikRedis,
+      listenPreview,
+      close,
+    };
   } catch (err) {
     await store.close();
     throw err;

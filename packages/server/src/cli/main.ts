@@ -5,6 +5,7 @@ import {
   checkBindSafety,
   ConfigError,
   databaseDialect,
+  durationMs,
   loadConfig,
   redactConfig,
 } from '../config/load-config.js';
@@ -19,6 +20,7 @@ import { registerWorkerTokenCommands } from './worker-token-commands.js';
 import { registerWorkerCommand } from './worker-command.js';
 import { registerWorkerCertifyCommand } from './worker-certify.js';
 import { createLogger } from './logger.js';
+import { registerPreviewCommands } from './preview-commands.js';
 
 function load(configPath: string | undefined): LoadedConfig {
   return loadConfig(configPath === undefined ? {} : { configPath });
@@ -89,10 +91,37 @@ async function serve(opts: { config?: string; host?: string; port?: string }): P
     cp.reaper.start();
     cp.liveness.start();
     logger.info({ address, database: config.database.driver }, 'StacyVM control plane listening');
+    await listenPreview(cp, config.preview.listen_addr, logger);
   } catch (err) {
     logger.error({ err: describeError(err) }, 'cannot listen');
     await cp.close();
     fail(`cannot listen on ${config.server.host}:${config.server.port}: ${describeError(err)}`);
+  }
+}
+
+/**
+ * Starts the preview gateway. A gateway that cannot bind (port taken by
+ * another control plane on this host, say) leaves the API running: previews
+ * are then unavailable, which the log says loudly.
+ */
+async function listenPreview(
+  cp: Awaited<ReturnType<typeof createControlPlane>>,
+  addr: string,
+  logger: ReturnType<typeof createLogger>,
+): Promise<void> {
+  try {
+    const bound = await cp.listenPreview();
+    if (bound !== undefined) {
+      logger.info(
+        { address: `${bound.host}:${bound.port}`, domains: cp.previews.domains() },
+        'preview gateway listening',
+      );
+    }
+  } catch (err) {
+    logger.error(
+      { listen_addr: addr, err: describeError(err) },
+      'preview gateway cannot listen; previews are unavailable (set preview.listen_addr, or preview.enabled=false)',
+    );
   }
 }
 
@@ -157,6 +186,8 @@ export function buildProgram(): Command {
         driver: databaseDialect(cfg),
         path: cfg.database.path,
         dsn: cfg.database.dsn,
+        maxOpenConns: cfg.database.max_open_conns,
+        statementTimeoutMs: durationMs(cfg.database.statement_timeout),
       });
       try {
         const applied = await store.migrate();
@@ -191,6 +222,7 @@ export function buildProgram(): Command {
   registerWorkerTokenCommands(program);
   registerWorkerCommand(program);
   registerWorkerCertifyCommand(program);
+  registerPreviewCommands(program);
   return program;
 }
 

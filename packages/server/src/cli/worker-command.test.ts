@@ -6,13 +6,17 @@ import { Command } from 'commander';
 import { describe, expect, test as base } from 'vitest';
 import { withCannedServer } from '../../test/support/canned-server.js';
 import type { Recorded, TestServer } from '../../test/support/canned-server.js';
+import { httpCall } from '../../test/support/preview-upstream.js';
 import { defaultConfig } from '../config/load-config.js';
 import type { StacyConfig } from '../config/load-config.js';
 import type { OutputStream } from './client-commands.js';
 import { registerClientCommands } from './client-commands.js';
 import {
+  advertisedPreviewUrl,
+  isLoopbackHost,
   registerWorkerCommand,
   resolveWorkerSettings,
+  workerPreviewListen,
   WorkerUsageError,
 } from './worker-command.js';
 import type { ResolveIo, WorkerCommandDeps } from './worker-command.js';
@@ -60,6 +64,68 @@ function resolveIo(
     },
   };
 }
+
+describe('the worker preview gateway address', () => {
+  test('listens beside the RPC server on a free port unless told otherwise', () => {
+    expect(workerPreviewListen({}, config(), '10.0.0.5:7430')).toBe('10.0.0.5:0');
+    expect(workerPreviewListen({ listen: '[::1]:7430' }, config(), '')).toBe('[::1]:0');
+    expect(workerPreviewListen({}, config(), '')).toBe('');
+    expect(workerPreviewListen({ previewListen: '0.0.0.0:7480' }, config(), '10.0.0.5:7430')).toBe(
+      '0.0.0.0:7480',
+    );
+    const set = config((c) => {
+      c.preview.listen_addr = '10.0.0.5:7481';
+    });
+    expect(workerPreviewListen({}, set, '10.0.0.5:7430')).toBe('10.0.0.5:7481');
+    const off = config((c) => {
+      c.preview.enabled = false;
+    });
+    expect(workerPreviewListen({ previewListen: '0.0.0.0:1' }, off, '10.0.0.5:7430')).toBe('');
+  });
+
+  test('a bad --preview-listen is a usage error naming the flag', () => {
+    expect(() =>
+      resolveWorkerSettings(
+        { previewListen: 'nonsense' },
+        config((c) => {
+          c.auth.worker_token = TOKEN;
+        }),
+        resolveIo(),
+      ),
+    ).toThrow(/--preview-listen/);
+  });
+
+  test('advertises the listen host, or the RPC URL host for an all-interfaces listen', () => {
+    expect(
+      advertisedPreviewUrl({
+        listenHost: '10.0.0.5',
+        boundPort: 40000,
+        tls: false,
+        rpcUrl: 'http://x:1',
+      }),
+    ).toBe('http://10.0.0.5:40000');
+    expect(
+      advertisedPreviewUrl({
+        listenHost: '0.0.0.0',
+        boundPort: 40000,
+        tls: true,
+        rpcUrl: 'https://worker-a.internal:7430',
+      }),
+    ).toBe('https://worker-a.internal:40000');
+    expect(
+      advertisedPreviewUrl({
+        listenHost: '::1',
+        boundPort: 1,
+        tls: false,
+        rpcUrl: 'http://[::1]:2',
+      }),
+    ).toBe('http://[::1]:1');
+    expect(isLoopbackHost('127.0.0.1')).toBe(true);
+    expect(isLoopbackHost('[::1]')).toBe(true);
+    expect(isLoopbackHost('localhost')).toBe(true);
+    expect(isLoopbackHost('10.0.0.5')).toBe(false);
+  });
+});
 
 describe('resolveWorkerSettings', () => {
   test('config supplies every value when no flag is given', () => {
@@ -560,6 +626,53 @@ describe('stacyvm worker', () => {
         },
       );
       expect(heartbeats(cp).map(statusOf)).toEqual(['online', 'draining', 'offline']);
+      expect(r.exited).toBe(0);
+      expectNoSecrets(r);
+    });
+  });
+
+  test('runs a preview gateway beside the RPC server and advertises it as preview_url', async ({
+    h,
+  }) => {
+    await withCannedServer(async (cp) => {
+      acceptAll(cp);
+      const r = await h.run(
+        [
+          'worker',
+          '--config',
+          workerYaml(h),
+          '--control-plane',
+          cp.url,
+          '--listen',
+          '127.0.0.1:0',
+          '--preview-domain',
+          'w.test',
+        ],
+        {
+          env: { STACYVM_AUTH_WORKER_TOKEN: TOKEN },
+          during: async (signals) => {
+            await until(() => heartbeats(cp).length === 1, 'the first heartbeat');
+            const body = JSON.parse(heartbeats(cp)[0]!.body.toString('utf8')) as {
+              capacity: { rpc_url: string; preview_url?: string; preview_domain: string };
+            };
+            expect(body.capacity.preview_domain).toBe('w.test');
+            expect(body.capacity.preview_url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+            expect(body.capacity.preview_url).not.toBe(body.capacity.rpc_url);
+            const port = Number(new URL(body.capacity.preview_url ?? '').port);
+            const host = '3000-sb-0123abcd.w.test';
+            // Only the control plane may call it: without the worker credential, 401.
+            const anon = await httpCall(port, host, '/');
+            expect(anon.status).toBe(401);
+            // With it, the worker resolves the sandbox itself: this one does not exist here.
+            const relayed = await httpCall(port, host, '/', {
+              headers: { 'x-worker-id': 'worker-yaml', 'x-worker-token': TOKEN },
+            });
+            expect(relayed.status).toBe(404);
+            expect(relayed.headers['x-stacyvm-preview-error']).toBe('sandbox_not_found');
+            signals.get('SIGTERM')!();
+          },
+        },
+      );
       expect(r.exited).toBe(0);
       expectNoSecrets(r);
     });

@@ -10,13 +10,23 @@
 import { readFileSync } from 'node:fs';
 import { hostname as osHostname } from 'node:os';
 import type { Command } from 'commander';
-import { ConfigError, durationMs, loadConfig } from '../config/load-config.js';
+import { ConfigError, configKey, durationMs, loadConfig } from '../config/load-config.js';
 import type { LoadConfigOptions, LoadedConfig, StacyConfig } from '../config/load-config.js';
 import { DurationSyntaxError, parseDurationMs } from '../domain/duration.js';
 import { fromErrorBody, isStacyError } from '../domain/errors.js';
+import { createPreviewGateway } from '../preview/gateway.js';
+import type { PreviewGateway } from '../preview/gateway.js';
+import { createRuntimeResolver } from '../preview/runtime-resolver.js';
 import { WorkerRuntime } from '../worker/worker-runtime.js';
 import type { WorkerRpcServer, WorkerRpcServerOptions } from '../worker/rpc-server.js';
-import { chooseTokenSource, describeTokenSource, WorkerAgent } from '../worker/worker-agent.js';
+import {
+  advertisedRpcUrl,
+  chooseTokenSource,
+  describeTokenSource,
+  isWildcardHost,
+  parseListenAddr,
+  WorkerAgent,
+} from '../worker/worker-agent.js';
 import type { FetchLike, WorkerTokenSource } from '../worker/worker-agent.js';
 import type { OutputStream } from './client-commands.js';
 import { DEFAULT_SERVER } from './client-commands.js';
@@ -93,6 +103,7 @@ export interface WorkerFlags {
   listen?: string;
   advertiseAddr?: string;
   previewDomain?: string;
+  previewListen?: string;
   once?: boolean;
   config?: string;
 }
@@ -104,6 +115,8 @@ export interface WorkerSettings {
   listenAddr: string;
   advertiseAddr: string;
   previewDomain: string;
+  /** `host:port` of the worker's preview gateway; empty when it runs none. */
+  previewListen: string;
   heartbeatIntervalMs: number;
   shutdownTimeoutMs: number;
   maxSandboxes: number;
@@ -266,6 +279,7 @@ export function resolveWorkerSettings(
       ? flags.advertiseAddr.trim()
       : w.advertise_addr.trim(),
     previewDomain: previewDomain?.trim() ?? 'localhost',
+    previewListen: workerPreviewListen(flags, config, w.listen_addr),
     heartbeatIntervalMs: durationFlag(
       '--heartbeat-interval',
       flags.heartbeatInterval,
@@ -290,7 +304,62 @@ export function resolveWorkerSettings(
   };
   if (staticToken !== '') settings.rpcAuth.staticToken = staticToken;
   if (rpcTls !== undefined) settings.rpcTls = rpcTls;
+  if (settings.previewListen !== '') {
+    parseListenAddr(
+      settings.previewListen,
+      given(flags.previewListen) ? '--preview-listen' : 'preview.listen_addr',
+    );
+  }
   return settings;
+}
+
+/** Whether a host name or address is this machine's loopback. */
+export function isLoopbackHost(host: string): boolean {
+  const h = host
+    .trim()
+    .toLowerCase()
+    .replace(/^\[|\]$/g, '');
+  return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
+}
+
+/**
+ * Where a worker's preview gateway listens: `--preview-listen`, else
+ * `preview.listen_addr` when it was changed from its default, else beside
+ * the RPC server (same host, a free port; the control plane learns it from
+ * `capacity.preview_url`). Empty when previews are disabled.
+ */
+export function workerPreviewListen(
+  flags: Pick<WorkerFlags, 'previewListen' | 'listen'>,
+  config: StacyConfig,
+  configListenAddr: string,
+): string {
+  if (!config.preview.enabled) return '';
+  if (given(flags.previewListen)) return flags.previewListen.trim();
+  const configured = config.preview.listen_addr.trim();
+  if (configured !== configKey('preview.listen_addr')?.default) return configured;
+  const rpcListen = given(flags.listen) ? flags.listen.trim() : configListenAddr.trim();
+  if (rpcListen === '') return '';
+  const host = parseListenAddr(rpcListen).host;
+  return `${host.includes(':') ? `[${host}]` : host}:0`;
+}
+
+/**
+ * The `preview_url` a worker advertises: its preview gateway's listen host,
+ * or, when that is every interface, the host of its advertised RPC URL; with
+ * the bound port. https when worker RPC uses TLS (the gateway then serves
+ * the same certificate).
+ */
+export function advertisedPreviewUrl(input: {
+  listenHost: string;
+  boundPort: number;
+  tls: boolean;
+  rpcUrl: string;
+}): string {
+  const scheme = input.tls ? 'https' : 'http';
+  let host = input.listenHost;
+  if (isWildcardHost(host)) host = new URL(input.rpcUrl).hostname;
+  else if (host.includes(':') && !host.startsWith('[')) host = `[${host}]`;
+  return `${scheme}://${host}:${input.boundPort}`;
 }
 
 function describeError(err: unknown): string {
@@ -368,6 +437,10 @@ export function registerWorkerCommand(program: Command, deps: WorkerCommandDeps 
       'address the control plane dials, host:port or URL (default worker.advertise_addr)',
     )
     .option('--preview-domain <domain>', 'preview domain of sandboxes on this worker')
+    .option(
+      '--preview-listen <addr>',
+      'host:port of the preview gateway the control plane relays previews to (default preview.listen_addr)',
+    )
     .option('--once', 'send one heartbeat and exit')
     .option(
       '--config <file>',
@@ -433,6 +506,8 @@ async function runWorker(io: Io, flags: WorkerFlags): Promise<void> {
   );
 
   let agent: WorkerAgent;
+  let preview: PreviewGateway | undefined;
+  let previewUrl: string | undefined;
   try {
     const { providers, defaultName } = await buildProviders(config, logger);
     const runtime = new WorkerRuntime({
@@ -447,6 +522,7 @@ async function runWorker(io: Io, flags: WorkerFlags): Promise<void> {
       listenAddr: settings.once ? '' : settings.listenAddr,
       advertiseAddr: settings.advertiseAddr,
       previewDomain: settings.previewDomain,
+      previewUrl: () => previewUrl,
       heartbeatIntervalMs: settings.heartbeatIntervalMs,
       shutdownTimeoutMs: settings.shutdownTimeoutMs,
       maxSandboxes: settings.maxSandboxes,
@@ -461,6 +537,21 @@ async function runWorker(io: Io, flags: WorkerFlags): Promise<void> {
       hostname: io.hostname(),
       ...(io.deps.startRpcServer === undefined ? {} : { startRpcServer: io.deps.startRpcServer }),
     });
+    const agentRef = agent;
+    if (!settings.once && settings.listenAddr !== '' && settings.previewListen !== '') {
+      preview = createPreviewGateway({
+        domains: () => [settings.previewDomain],
+        resolve: createRuntimeResolver(runtime),
+        // Only the control plane calls this gateway; it checked any preview token already.
+        hopAuth: (id, token) => agentRef.checkRpcCredentials(id, token),
+        publicScheme: config.preview.public_scheme,
+        hostRewrite: config.preview.host_rewrite,
+        upstreamTimeoutMs: durationMs(config.preview.upstream_timeout),
+        maxConnections: config.preview.max_connections,
+        ...(settings.rpcTls === undefined ? {} : { tls: settings.rpcTls }),
+        logger,
+      });
+    }
   } catch (err) {
     logger.error({ err: describeError(err) }, 'worker cannot start');
     io.stderr.write(`error: ${describeError(err)}\n`);
@@ -494,15 +585,54 @@ async function runWorker(io: Io, flags: WorkerFlags): Promise<void> {
   io.onSignal('SIGTERM', () => onSignal('SIGTERM'));
   io.onSignal('SIGINT', () => onSignal('SIGINT'));
 
+  if (preview !== undefined) {
+    const addr = parseListenAddr(settings.previewListen, 'preview.listen_addr');
+    try {
+      const rpcUrl = advertisedRpcUrl({
+        listenAddr: settings.listenAddr,
+        advertiseAddr: settings.advertiseAddr,
+        tls: settings.rpcTls !== undefined,
+      });
+      if (isLoopbackHost(addr.host) && !isLoopbackHost(new URL(rpcUrl).hostname)) {
+        throw new Error(
+          `it would listen on loopback (${addr.host}) while the control plane reaches this worker at ${rpcUrl}; set --preview-listen to an address the control plane can reach`,
+        );
+      }
+      const bound = await preview.listen(addr.host, addr.port);
+      previewUrl = advertisedPreviewUrl({
+        listenHost: addr.host,
+        boundPort: bound.port,
+        tls: settings.rpcTls !== undefined,
+        rpcUrl,
+      });
+      logger.info(
+        { listen: `${addr.host}:${bound.port}`, preview_url: previewUrl },
+        'preview gateway listening; the control plane relays previews here',
+      );
+    } catch (err) {
+      logger.error(
+        { listen_addr: settings.previewListen, err: describeError(err) },
+        'preview gateway cannot listen; this worker serves no previews (set --preview-listen)',
+      );
+      await preview.close(0);
+      preview = undefined;
+    }
+  }
+  const closePreview = async (): Promise<void> => {
+    await preview?.close(1_000);
+  };
+
   try {
     await agent.start();
   } catch (err) {
+    await closePreview();
     logger.error({ err: describeError(err) }, 'worker failed to start');
     io.stderr.write(`error: ${describeError(err)}\n`);
     io.exit(isStacyError(err) && err.code === 'BAD_REQUEST' ? USAGE_EXIT_CODE : 1);
     return;
   }
   await agent.stopped;
+  await closePreview();
   if (signals < 2) io.exit(0);
 }
 

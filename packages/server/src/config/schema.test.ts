@@ -27,7 +27,14 @@ describe('config schema', () => {
         reaper_interval: '30s',
         worker_stale_after: '2m',
       },
-      database: { driver: 'sqlite', path: 'stacyvm.db', dsn: '', dsn_file: '' },
+      database: {
+        driver: 'sqlite',
+        path: 'stacyvm.db',
+        dsn: '',
+        dsn_file: '',
+        max_open_conns: 10,
+        statement_timeout: '30s',
+      },
       providers: {
         default: 'auto',
         mock: { enabled: true, base_dir: '' },
@@ -94,6 +101,45 @@ describe('config schema', () => {
           insecure_skip_verify: false,
         },
       },
+      preview: {
+        enabled: true,
+        listen_addr: '127.0.0.1:7480',
+        public_scheme: 'http',
+        public_port: 0,
+        private: false,
+        token_ttl: '1h',
+        token_key: '',
+        token_key_file: '',
+        extend_ttl_on_traffic: '0s',
+        host_rewrite: false,
+        upstream: 'auto',
+        upstream_timeout: '60s',
+        max_connections: 4096,
+      },
+      traefik: {
+        entry_points: ['web'],
+        tls: false,
+        cert_resolver: '',
+        wildcard_cert: true,
+        middlewares: [],
+        redirect_entry_points: [],
+        name_prefix: 'stacyvm-',
+        include_local_docker: false,
+        upstream_url: '',
+        http_provider_token: '',
+        http_provider_token_file: '',
+        redis: {
+          enabled: false,
+          address: '127.0.0.1:6379',
+          username: '',
+          password: '',
+          password_file: '',
+          db: 0,
+          root_key: 'traefik',
+          resync_interval: '60s',
+          timeout: '5s',
+        },
+      },
     };
     expect(defaultConfig()).toEqual(expected);
   });
@@ -121,6 +167,8 @@ describe('config schema', () => {
       'auth',
       'logging',
       'worker',
+      'preview',
+      'traefik',
     ]);
   });
 
@@ -142,6 +190,9 @@ describe('config schema', () => {
       'auth.worker_token',
       'auth.worker_tokens',
       'database.dsn',
+      'preview.token_key',
+      'traefik.http_provider_token',
+      'traefik.redis.password',
     ]);
     for (const path of SECRET_PATHS) {
       expect(configKey(path)?.secret).toBe(true);

@@ -121,6 +121,14 @@ const DatabaseSection = Type.Object(
       'PostgreSQL connection string, e.g. postgres://user:pass@host:5432/stacyvm (postgres driver).',
     ),
     dsn_file: str('', 'File holding database.dsn (trimmed). Mutually exclusive with database.dsn.'),
+    max_open_conns: int(10, 'Connections the control plane opens to PostgreSQL at most.', {
+      minimum: 1,
+      maximum: 1000,
+    }),
+    statement_timeout: duration(
+      '30s',
+      'Longest one PostgreSQL statement may run before the server cancels it; 0s means no limit. Migrations run without it.',
+    ),
   },
   { description: 'Where the control plane keeps its state.' },
 );
@@ -343,6 +351,156 @@ const WorkerSection = Type.Object(
   { description: 'The worker process (`stacyvm worker`).' },
 );
 
+/** Accepted `preview.upstream` values. */
+export const PREVIEW_UPSTREAMS = ['auto', 'published', 'container_ip'] as const;
+
+const PreviewSection = Type.Object(
+  {
+    enabled: bool(
+      true,
+      'Run the built-in preview gateway, which routes http(s)://{port}-{sandbox_id}.{preview_domain} to that port inside the sandbox. With false, previews need an external proxy (e.g. Traefik with the Docker labels).',
+    ),
+    listen_addr: str(
+      '127.0.0.1:7480',
+      'host:port the preview gateway listens on (also on a worker, where only its control plane calls it). Put a TLS-terminating proxy or a wildcard DNS name in front for public previews.',
+      { minLength: 1 },
+    ),
+    public_scheme: oneOf(
+      ['http', 'https'],
+      'http',
+      'Scheme of preview URLs as browsers use them (https when a TLS proxy is in front). Also sent as X-Forwarded-Proto and makes the token cookie Secure.',
+    ),
+    public_port: int(
+      0,
+      'Port of preview URLs as browsers use them; 0 means the port of preview.listen_addr. 80 (http) and 443 (https) are left out of URLs.',
+      { minimum: 0, maximum: 65535 },
+    ),
+    private: bool(
+      false,
+      'Require a token for every preview: GET /api/v1/sandboxes/{id}/preview/{port} returns one, sent as X-StacyVM-Preview-Token or opened once as ?stacyvm_preview_token= (it becomes an HttpOnly cookie).',
+    ),
+    token_ttl: duration('1h', 'Lifetime of a private-preview token.', 'positive'),
+    token_key: str(
+      '',
+      'HMAC key that signs preview tokens. Empty means a random key per process (tokens then stop working at a restart and are not shared between control planes).',
+    ),
+    token_key_file: str(
+      '',
+      'File holding preview.token_key (trimmed). Mutually exclusive with preview.token_key.',
+    ),
+    extend_ttl_on_traffic: duration(
+      '0s',
+      'Preview traffic keeps a sandbox alive: once less than half of this is left, its expiry becomes now + this (at most defaults.max_ttl), at most once per tenth of it. 0s = off.',
+    ),
+    host_rewrite: bool(
+      false,
+      'Send the sandbox Host: 127.0.0.1:{port} instead of the preview host name (for dev servers that check the Host header). X-Forwarded-Host keeps the original.',
+    ),
+    upstream: oneOf(
+      [...PREVIEW_UPSTREAMS],
+      'auto',
+      'How the gateway reaches Docker sandbox ports: published (declared ports are published on 127.0.0.1 at spawn), container_ip (the container address; only where this host routes to the container network, nothing is published), or auto (published, else the container address).',
+    ),
+    upstream_timeout: duration(
+      '60s',
+      'Time a sandbox port has to accept the connection and send response headers before the gateway answers 502/504.',
+      'positive',
+    ),
+    max_connections: int(
+      4096,
+      'Most client connections the gateway keeps open (idle keep-alive and WebSocket ones included); more are refused.',
+      { minimum: 1 },
+    ),
+  },
+  { description: 'The built-in preview gateway.' },
+);
+
+const TraefikRedisSection = Type.Object(
+  {
+    enabled: bool(
+      false,
+      "Publish preview routes to Redis for Traefik's Redis provider: written when a sandbox starts running, deleted when it is destroyed or expires, fully resynced at start and every traefik.redis.resync_interval.",
+    ),
+    address: str('127.0.0.1:6379', 'Redis address, host:port.', { minLength: 1 }),
+    username: str(
+      '',
+      'Redis ACL user name (AUTH user password). Empty means AUTH with the password only.',
+    ),
+    password: str('', 'Redis password. Empty means no AUTH.'),
+    password_file: str(
+      '',
+      'File holding traefik.redis.password (trimmed). Mutually exclusive with traefik.redis.password.',
+    ),
+    db: int(0, "Redis database number (SELECT); Traefik's providers.redis.db must match.", {
+      minimum: 0,
+      maximum: 1024,
+    }),
+    root_key: str(
+      'traefik',
+      "Root key of the Traefik KV layout (Traefik's providers.redis.rootKey). Keys under it whose router, service or middleware name starts with traefik.name_prefix are owned by StacyVM: a resync deletes those that match no running sandbox.",
+      { minLength: 1 },
+    ),
+    resync_interval: duration(
+      '60s',
+      'How often every route is rewritten and stale keys are removed (0s = only at start).',
+    ),
+    timeout: duration('5s', 'Time to connect to Redis and to get each reply.', 'positive'),
+  },
+  { description: 'Publishing preview routes to Redis (Traefik KV provider).' },
+);
+
+const TraefikSection = Type.Object(
+  {
+    entry_points: list(
+      ['web'],
+      "Traefik entry points of the preview routers. An empty list means all of Traefik's entry points.",
+    ),
+    tls: bool(false, 'Preview routers terminate TLS (a tls section on each router).'),
+    cert_resolver: str(
+      '',
+      "With traefik.tls: the ACME certificate resolver of the routers. Empty means certificates from Traefik's TLS store (or the entry point's TLS settings).",
+    ),
+    wildcard_cert: bool(
+      true,
+      'With traefik.tls and a resolver: ask for one wildcard certificate per preview domain (tls.domains main {domain}, sans *.{domain}; needs a DNS-01 resolver) instead of one certificate per preview host.',
+    ),
+    middlewares: list(
+      [],
+      "Traefik middlewares (name or name@provider) put on every preview router, e.g. a rate limit defined in Traefik's file provider.",
+    ),
+    redirect_entry_points: list(
+      [],
+      'Entry points that get a second router per preview that redirects to https (middleware {name_prefix}redirect-https). Not needed when the entry point redirects by itself.',
+    ),
+    name_prefix: str(
+      'stacyvm-',
+      'Prefix of every router, service and middleware name StacyVM generates (a-z, 0-9, "_", "-"). Keep it unique per control plane that shares a Traefik or a Redis root key.',
+      { minLength: 1 },
+    ),
+    include_local_docker: bool(
+      false,
+      "Also generate routes for Docker sandboxes of the control plane itself. Off by default: Traefik's Docker provider already routes them from their container labels.",
+    ),
+    upstream_url: str(
+      '',
+      "URL Traefik sends preview requests to (the control plane's preview gateway as Traefik reaches it, e.g. http://stacyvm:7480). Empty means http://{preview.listen_addr}, a wildcard host replaced by loopback. The gateway relays to remote workers itself.",
+    ),
+    http_provider_token: str(
+      '',
+      "Bearer token Traefik's HTTP provider sends to GET /api/v1/traefik/config (providers.http.headers.Authorization=Bearer <token>). Empty means only the admin key is accepted there.",
+    ),
+    http_provider_token_file: str(
+      '',
+      'File holding traefik.http_provider_token (trimmed). Mutually exclusive with traefik.http_provider_token.',
+    ),
+    redis: TraefikRedisSection,
+  },
+  {
+    description:
+      'Traefik in front of previews: dynamic configuration for its HTTP provider (GET /api/v1/traefik/config) and, optionally, its Redis provider.',
+  },
+);
+
 /** The whole configuration document. */
 export const StacyConfigSchema = Type.Object(
   {
@@ -353,6 +511,8 @@ export const StacyConfigSchema = Type.Object(
     auth: AuthSection,
     logging: LoggingSection,
     worker: WorkerSection,
+    preview: PreviewSection,
+    traefik: TraefikSection,
   },
   { description: 'StacyVM configuration.' },
 );
@@ -372,6 +532,9 @@ export const SECRET_PATHS: ReadonlySet<string> = new Set([
   'auth.worker_signing_key',
   'auth.worker_signing_keys',
   'database.dsn',
+  'preview.token_key',
+  'traefik.http_provider_token',
+  'traefik.redis.password',
 ]);
 
 /** Secret key → the key naming a file it can be read from instead. */
@@ -381,6 +544,9 @@ export const SECRET_FILE_KEYS: Readonly<Record<string, string>> = {
   'auth.worker_token': 'auth.worker_token_file',
   'auth.worker_signing_key': 'auth.worker_signing_key_file',
   'database.dsn': 'database.dsn_file',
+  'preview.token_key': 'preview.token_key_file',
+  'traefik.http_provider_token': 'traefik.http_provider_token_file',
+  'traefik.redis.password': 'traefik.redis.password_file',
 };
 
 /** How a leaf value is typed and parsed (from YAML or from an env var). */

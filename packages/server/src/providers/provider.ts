@@ -42,6 +42,12 @@ export interface ReadFileResult {
   body: AsyncIterable<Uint8Array>;
 }
 
+/** A TCP address on this host that reaches one port inside a sandbox. */
+export interface PreviewEndpoint {
+  host: string;
+  port: number;
+}
+
 export interface ProviderStats {
   cpuPct: number;
   memBytes: number;
@@ -101,6 +107,13 @@ export interface Provider {
 
   /** Live resource use, where the provider can measure it. */
   stats?(runtimeId: string, opts?: CallOptions): Promise<ProviderStats>;
+  /**
+   * Where this host reaches `port` inside the sandbox, for the preview
+   * gateway. NOT_FOUND when the runtime is gone; CONFLICT when it is not
+   * running; BAD_REQUEST when the port was not declared in `ports` at spawn
+   * and so cannot be reached.
+   */
+  previewUpstream?(runtimeId: string, port: number, opts?: CallOptions): Promise<PreviewEndpoint>;
   /** Runtime ids this provider owns on its backend, for reconcile. */
   listRuntimes?(opts?: CallOptions): Promise<string[]>;
   /** Releases backend handles. */
@@ -112,5 +125,6 @@ export function providerCapabilities(p: Provider): string[] {
   const caps = ['spawn', 'exec', 'exec_stream', 'files', 'console', 'health', ...p.capabilities];
   if (p.stats !== undefined) caps.push('stats');
   if (p.listRuntimes !== undefined) caps.push('runtime_inventory');
+  if (p.previewUpstream !== undefined) caps.push('preview');
   return [...new Set(caps)];
 }

@@ -60,6 +60,7 @@ import {
 } from './protocol.js';
 import type { Params, RpcRequest, WorkerMethod } from './protocol.js';
 import type {
+  PreviewUpstream,
   ProviderInfo,
   RuntimeRef,
   WorkerClient,
@@ -84,6 +85,11 @@ export interface HttpWorkerClientOptions {
   callTimeoutMs?: number;
   /** Added to an exec's own deadline before the client gives up on the worker; default 15 s. */
   execMarginMs?: number;
+  /**
+   * The worker's preview gateway URL (`capacity.preview_url` of its latest
+   * heartbeat), read per call; undefined when it advertises none.
+   */
+  previewUrl?: () => string | undefined;
 }
 
 export interface WorkerHealth {
@@ -749,6 +755,32 @@ export class HttpWorkerClient implements WorkerClient {
     const m = 'worker.file_glob';
     const result = await this.rpc(m, fileParams(ref, { pattern }), this.refCall(ref, opts));
     return this.decode(m, () => resultReader(result).stringArray('matches'));
+  }
+
+  /**
+   * A relay to the worker's own preview gateway, which resolves the sandbox
+   * in its runtime. No RPC round trip: the worker answers 404/502 itself.
+   */
+  async previewUpstream(
+    _ref: RuntimeRef,
+    _port: number,
+    opts?: CallOptions,
+  ): Promise<PreviewUpstream> {
+    if (opts?.signal?.aborted === true) throw abortError(opts.signal);
+    const url = this.o.previewUrl?.()?.trim() ?? '';
+    if (url === '') {
+      throw new StacyError(
+        'UNAVAILABLE',
+        `worker ${this.workerId} serves no previews (it advertises no preview_url; start it with --preview-listen)`,
+      );
+    }
+    const up: PreviewUpstream = {
+      kind: 'relay',
+      url,
+      headers: { [HEADER_WORKER_ID]: this.workerId, [HEADER_WORKER_TOKEN]: this.o.token() },
+    };
+    if (this.o.tls !== undefined) up.tls = { ...this.o.tls };
+    return up;
   }
 
   // ---- beyond WorkerClient ------------------------------------------------------

@@ -37,6 +37,25 @@ export interface WorkerSpawnResult {
   runtimeId: string;
 }
 
+/** TLS settings of a relay hop to a worker's preview gateway (the worker RPC TLS settings). */
+export interface RelayTls {
+  ca?: Buffer;
+  cert?: Buffer;
+  key?: Buffer;
+  serverName?: string;
+  insecureSkipVerify?: boolean;
+}
+
+/**
+ * How the preview gateway reaches a sandbox port: `direct` — a TCP address
+ * this process can connect to; `relay` — the preview gateway of the worker
+ * that owns the sandbox, called with `headers` (its worker credential), Host
+ * unchanged, which then resolves the sandbox itself.
+ */
+export type PreviewUpstream =
+  | { kind: 'direct'; host: string; port: number }
+  | { kind: 'relay'; url: string; headers: Record<string, string>; tls?: RelayTls };
+
 export interface ProviderInfo {
   name: string;
   healthy: boolean;
@@ -80,6 +99,8 @@ export interface WorkerClient {
   moveFile(ref: RuntimeRef, from: string, to: string, opts?: CallOptions): Promise<void>;
   chmodFile(ref: RuntimeRef, path: string, mode: number, opts?: CallOptions): Promise<void>;
   globFiles(ref: RuntimeRef, pattern: string, opts?: CallOptions): Promise<string[]>;
+  /** How the preview gateway reaches `port` of the sandbox (see {@link PreviewUpstream}). */
+  previewUpstream(ref: RuntimeRef, port: number, opts?: CallOptions): Promise<PreviewUpstream>;
 }
 
 /** Finds the client for a worker id. */

@@ -370,6 +370,66 @@ describe('WorkerAgent', () => {
     });
   });
 
+  test('advertises its preview gateway as preview_url while it serves RPC, and checks the control plane credential for it', async ({
+    tmp,
+    logger,
+    runtime,
+  }) => {
+    const ctx: Ctx = { tmp, logger, runtime };
+    await withCannedServer(async (cp) => {
+      acceptHeartbeats(cp);
+      let previewUrl: string | undefined = 'http://10.0.0.5:7480';
+      const agent = new WorkerAgent(
+        agentOptions(ctx, cp.url, {
+          listenAddr: '0.0.0.0:7430',
+          advertiseAddr: 'worker-a.internal:7430',
+          startRpcServer: fakeRpc().start,
+          previewUrl: () => previewUrl,
+          rpcAuth: { signingKeys: [SIGNING_KEY], revokedTokenIds: [] },
+        }),
+      );
+      await agent.start();
+      try {
+        const first = bodyOf(heartbeats(cp)[0]!) as { capacity: Record<string, unknown> };
+        expect(first.capacity['preview_url']).toBe('http://10.0.0.5:7480');
+        previewUrl = undefined;
+        await agent.sendHeartbeat();
+        const second = bodyOf(heartbeats(cp)[1]!) as { capacity: Record<string, unknown> };
+        expect(second.capacity).not.toHaveProperty('preview_url');
+
+        expect(agent.checkRpcCredentials('worker-a', TOKEN)).toBe(true);
+        expect(agent.checkRpcCredentials('worker-a', 'wrong')).toBe(false);
+        expect(agent.checkRpcCredentials('worker-b', TOKEN)).toBe(false);
+        expect(agent.checkRpcCredentials(undefined, TOKEN)).toBe(false);
+        const signed = issueWorkerToken(
+          { workerId: 'worker-a', audience: 'worker:rpc', ttlMs: 60_000 },
+          SIGNING_KEY,
+          Date.now(),
+        ).token;
+        expect(agent.checkRpcCredentials('worker-a', signed)).toBe(true);
+      } finally {
+        await agent.stopNow('test over');
+      }
+    });
+  });
+
+  test('advertises no preview_url without an RPC server', async ({ tmp, logger, runtime }) => {
+    const ctx: Ctx = { tmp, logger, runtime };
+    await withCannedServer(async (cp) => {
+      acceptHeartbeats(cp);
+      const agent = new WorkerAgent(
+        agentOptions(ctx, cp.url, { previewUrl: () => 'http://10.0.0.5:7480' }),
+      );
+      await agent.start();
+      try {
+        const body = bodyOf(heartbeats(cp)[0]!) as { capacity: Record<string, unknown> };
+        expect(body.capacity).not.toHaveProperty('preview_url');
+      } finally {
+        await agent.stopNow('test over');
+      }
+    });
+  });
+
   test('refuses to start on 0.0.0.0 without advertise_addr, before registering or listening', async ({
     tmp,
     logger,

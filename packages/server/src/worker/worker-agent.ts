@@ -21,6 +21,7 @@ import { readFileSync } from 'node:fs';
 import { hostname as osHostname } from 'node:os';
 import { DurationSyntaxError, parseDurationMs } from '../domain/duration.js';
 import { fromErrorBody, StacyError } from '../domain/errors.js';
+import { checkWorkerRpcCredentials } from '../domain/worker-credentials.js';
 import type { ExecEvent, ExecOutcome, ExecSpec } from '../domain/exec.js';
 import type { FileEntry } from '../domain/files.js';
 import type { Logger } from '../domain/logger.js';
@@ -40,6 +41,7 @@ import type {
   RuntimeStatus,
 } from '../providers/provider.js';
 import type {
+  PreviewUpstream,
   ProviderInfo,
   RuntimeRef,
   WorkerClient,
@@ -418,6 +420,9 @@ export class TrackedRuntime implements WorkerClient {
   globFiles(ref: RuntimeRef, pattern: string, opts?: CallOptions): Promise<string[]> {
     return this.track(() => this.inner.globFiles(ref, pattern, opts));
   }
+  previewUpstream(ref: RuntimeRef, port: number, opts?: CallOptions): Promise<PreviewUpstream> {
+    return this.track(() => this.inner.previewUpstream(ref, port, opts));
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -440,6 +445,8 @@ export interface HeartbeatBody {
     max_sandboxes_per_owner: number;
     preview_domain: string;
     rpc_url?: string;
+    /** The worker's preview gateway, which its control plane relays previews to. */
+    preview_url?: string;
   };
   protocol_version: number;
 }
@@ -504,6 +511,12 @@ export interface WorkerAgentOptions {
   /** What the control plane dials; empty means the listen address. */
   advertiseAddr: string;
   previewDomain: string;
+  /**
+   * This worker's preview gateway as the control plane reaches it
+   * (`capacity.preview_url`), read per heartbeat; advertised only while RPC
+   * is served. Undefined when the worker serves no previews.
+   */
+  previewUrl?: () => string | undefined;
   heartbeatIntervalMs: number;
   /** How long a drain waits for in-flight calls (`worker.shutdown_timeout`). */
   shutdownTimeoutMs: number;
@@ -610,6 +623,21 @@ export class WorkerAgent {
       this.acceptedTokens.length > 0 ||
       this.signingKeys.length > 0
     );
+  }
+
+  /**
+   * Whether a caller presents this worker's RPC credential (the same check
+   * as the RPC server's): the preview gateway uses it to serve only the
+   * control plane. Never throws; the reason of a refusal is not told.
+   */
+  checkRpcCredentials(workerId: string | undefined, token: string | undefined): boolean {
+    return checkWorkerRpcCredentials(workerId, token, {
+      workerId: this.workerId,
+      staticTokens: this.acceptedTokens,
+      signingKeys: this.signingKeys,
+      revokedTokenIds: this.o.rpcAuth.revokedTokenIds,
+      nowMs: this.nowMs(),
+    }).ok;
   }
 
   /** `starting`, `running`, `draining` or `stopped` (`new` before start). */
@@ -828,6 +856,8 @@ export class WorkerAgent {
       preview_domain: this.o.previewDomain,
     };
     if (serving && this.rpcUrlValue !== undefined) capacity.rpc_url = this.rpcUrlValue;
+    const previewUrl = this.o.previewUrl?.();
+    if (serving && previewUrl !== undefined && previewUrl !== '') capacity.preview_url = previewUrl;
     return {
       hostname: this.hostname,
       status,

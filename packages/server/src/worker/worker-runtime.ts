@@ -13,6 +13,7 @@ import type {
 } from '../providers/provider.js';
 import { providerCapabilities } from '../providers/provider.js';
 import type {
+  PreviewUpstream,
   ProviderInfo,
   RuntimeRef,
   WorkerClient,
@@ -232,6 +233,19 @@ export class WorkerRuntime implements WorkerClient {
 
   globFiles(ref: RuntimeRef, pattern: string, opts?: CallOptions): Promise<string[]> {
     return this.fence(ref).globFiles(ref.runtimeId, pattern, opts);
+  }
+
+  async previewUpstream(
+    ref: RuntimeRef,
+    port: number,
+    opts?: CallOptions,
+  ): Promise<PreviewUpstream> {
+    const p = this.fence(ref);
+    if (p.previewUpstream === undefined) {
+      throw new StacyError('UNAVAILABLE', `provider ${p.name} does not support previews`);
+    }
+    const at = await p.previewUpstream(ref.runtimeId, port, opts);
+    return { kind: 'direct', host: at.host, port: at.port };
   }
 }
 

@@ -1,22 +1,26 @@
 import { Type } from '@sinclair/typebox';
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { invalidField } from '../../domain/errors.js';
+import { parsePreviewPort } from '../../domain/preview.js';
+import type { PreviewService } from '../../orchestrator/preview-service.js';
 import type { SandboxService } from '../../orchestrator/sandbox-service.js';
 import { callContext, clientGoneSignal } from '../context.js';
 import {
   ErrorBodySchema,
   ExtendBodySchema,
+  PreviewSchema,
   SandboxIdParams,
   SandboxSchema,
   SpawnBodySchema,
   StatusBodySchema,
 } from '../schemas/common.js';
 import type { SpawnBody } from '../schemas/common.js';
-import { execLogToWire, sandboxToWire } from '../wire.js';
+import { execLogToWire, previewToWire, sandboxToWire } from '../wire.js';
 
 export interface SandboxRouteDeps {
   sandboxes: SandboxService;
-  previewDomain: string;
+  /** Preview domain, scheme and port of each sandbox; preview URLs and tokens. */
+  previews: PreviewService;
 }
 
 const errors = {
@@ -41,8 +45,8 @@ function spawnInput(body: SpawnBody, userHeader: unknown): Parameters<SandboxSer
 }
 
 export const sandboxRoutes: FastifyPluginAsyncTypebox<SandboxRouteDeps> = async (app, deps) => {
-  const { sandboxes } = deps;
-  const wire = (s: Parameters<typeof sandboxToWire>[0]) => sandboxToWire(s, deps.previewDomain);
+  const { sandboxes, previews } = deps;
+  const wire = (s: Parameters<typeof sandboxToWire>[0]) => sandboxToWire(s, previews.wire(s));
 
   app.get(
     '/sandboxes',
@@ -139,6 +143,25 @@ export const sandboxRoutes: FastifyPluginAsyncTypebox<SandboxRouteDeps> = async 
       },
     },
     async (req) => wire(await sandboxes.extend(req.params.id, req.body.ttl, callContext(req))),
+  );
+
+  app.get(
+    '/sandboxes/:id/preview/:port',
+    {
+      schema: {
+        tags: ['sandboxes'],
+        summary: 'Preview URL of a sandbox port (and a token when previews are private)',
+        params: Type.Object({ id: Type.String(), port: Type.String() }),
+        response: { 200: PreviewSchema, 400: ErrorBodySchema, 404: ErrorBodySchema },
+      },
+    },
+    async (req) => {
+      const port = parsePreviewPort(req.params.port);
+      if (port === undefined) {
+        throw invalidField('port', `"${req.params.port}" is not a port from 1 to 65535`);
+      }
+      return previewToWire(await previews.describe(req.params.id, port, callContext(req)));
+    },
   );
 
   app.get(

@@ -41,11 +41,45 @@ export const SandboxSchema = Type.Object(
     expires_at: Type.String({ format: 'date-time' }),
     metadata: Type.Optional(Type.Record(Type.String(), Type.String())),
     ports: Type.Array(Type.Integer()),
-    preview_domain: Type.String(),
+    preview_domain: Type.String({
+      description:
+        'Domain of preview URLs: {preview_scheme}://{port}-{id}.{preview_domain}[:{preview_port}]. For a sandbox on a remote worker, the domain that worker advertises.',
+    }),
+    preview_scheme: Type.String({ description: 'Scheme of preview URLs: http or https.' }),
+    preview_port: Type.Optional(
+      Type.Integer({
+        description:
+          'Port of the preview gateway in preview URLs; absent when it is 80 (http) or 443 (https).',
+      }),
+    ),
   },
   { $id: 'Sandbox' },
 );
 export type SandboxWire = Static<typeof SandboxSchema>;
+
+export const PreviewSchema = Type.Object(
+  {
+    url: Type.String({ description: 'Preview URL of the port, without a token.' }),
+    port: Type.Integer(),
+    sandbox_id: Type.String(),
+    private: Type.Boolean({ description: 'Whether the gateway requires a token.' }),
+    token: Type.Optional(
+      Type.String({
+        description: 'Private previews: send as X-StacyVM-Preview-Token, or open open_url.',
+      }),
+    ),
+    expires_at: Type.Optional(
+      Type.String({ format: 'date-time', description: 'When the token expires.' }),
+    ),
+    open_url: Type.Optional(
+      Type.String({
+        description:
+          'Private previews: url with the token as ?stacyvm_preview_token=; the gateway moves it into a cookie and redirects to url.',
+      }),
+    ),
+  },
+  { $id: 'Preview' },
+);
 
 export const SpawnBodySchema = Type.Object(
   {

@@ -6,7 +6,7 @@
  */
 import type { Readable } from 'node:stream';
 import Docker from 'dockerode';
-import type { ContainerSpec, EngineState, RawStats } from './docker-spec.js';
+import type { ContainerReach, ContainerSpec, EngineState, RawStats } from './docker-spec.js';
 
 /** What the provider needs to know about an image. */
 export interface ImageFacts {
@@ -24,6 +24,8 @@ export interface ContainerFacts {
   /** `Config.User`. */
   user: string;
   state: EngineState;
+  /** Published ports and network addresses; absent when the engine did not report them. */
+  reach?: ContainerReach;
 }
 
 export interface ContainerSummary {
@@ -127,6 +129,31 @@ function pullError(line: Record<string, unknown>): Error | undefined {
   const err = new Error(e) as Error & { json: unknown };
   err.json = { message: e };
   return err;
+}
+
+/** Published ports and addresses from an inspect answer (fields may be null or missing). */
+function reachOf(info: Docker.ContainerInspectInfo): ContainerReach {
+  const ports: ContainerReach['ports'] = {};
+  const settings = info.NetworkSettings as Partial<Docker.ContainerInspectInfo['NetworkSettings']>;
+  for (const [key, bindings] of Object.entries(settings.Ports ?? {})) {
+    const list: unknown = bindings;
+    ports[key] = Array.isArray(list)
+      ? list.map((b: { HostIp?: unknown; HostPort?: unknown }) => ({
+          hostIp: typeof b.HostIp === 'string' ? b.HostIp : '',
+          hostPort: typeof b.HostPort === 'string' ? b.HostPort : '',
+        }))
+      : [];
+  }
+  const ipAddresses: string[] = [];
+  for (const net of Object.values(settings.Networks ?? {})) {
+    const ip: unknown = (net as { IPAddress?: unknown } | null)?.IPAddress;
+    if (typeof ip === 'string' && ip !== '' && !ipAddresses.includes(ip)) ipAddresses.push(ip);
+  }
+  const legacy: unknown = settings.IPAddress;
+  if (typeof legacy === 'string' && legacy !== '' && !ipAddresses.includes(legacy)) {
+    ipAddresses.push(legacy);
+  }
+  return { ports, ipAddresses };
 }
 
 class DockerodeEngine implements DockerEngine {
@@ -236,6 +263,7 @@ class DockerodeEngine implements DockerEngine {
           paused: info.State.Paused,
           restarting: info.State.Restarting,
         },
+        reach: reachOf(info),
       };
     } catch (err) {
       if (statusOf(err) === 404) return undefined;

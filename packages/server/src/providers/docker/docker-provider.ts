@@ -13,6 +13,7 @@ import { compileGlob } from '../glob.js';
 import type {
   CallOptions,
   FileSource,
+  PreviewEndpoint,
   Provider,
   ProviderHealth,
   ProviderStats,
@@ -42,6 +43,7 @@ import {
   classifyFsStderr,
   classifyOciFailure,
   computeStats,
+  declaredPorts,
   dirFixes,
   demuxAll,
   engineFailure,
@@ -61,6 +63,7 @@ import {
   parsePasswd,
   parsePathStatHeader,
   parentOf,
+  previewEndpointOf,
   resolveResources,
   resolveUserSpec,
   scriptArgv,
@@ -71,6 +74,7 @@ import type {
   EngineErrorContext,
   ImageReference,
   PathStat,
+  PreviewUpstreamMode,
   SandboxUser,
 } from './docker-spec.js';
 import { collectExecOutcome } from '../collect-exec.js';
@@ -124,6 +128,14 @@ export interface DockerProviderOptions {
   cpus?: number | string;
   /** Domain of preview hosts (`<port>-<id>.<domain>`); empty disables the Traefik labels. Default `localhost`. */
   previewDomain?: string;
+  /**
+   * How the preview gateway on this host reaches a sandbox port. `published`:
+   * declared ports are published on 127.0.0.1 (Engine-chosen host ports) at
+   * spawn; `container_ip`: the container's address on its network (only where
+   * this host can route to it, and nothing is published); `auto` (default):
+   * published, else the container address.
+   */
+  previewUpstream?: PreviewUpstreamMode;
   /** Labels added to every container (e.g. a test-run id); they never override the provider's own. */
   extraLabels?: Record<string, string>;
   /** Called for each progress line of an image pull. */
@@ -139,6 +151,8 @@ export interface DockerProviderOptions {
 }
 
 const MIB = 1024 * 1024;
+/** How long an inspect answer serves preview requests: a page load fans out to many. */
+const PREVIEW_FACTS_TTL_MS = 1_000;
 const DEFAULT_SOCKET = '/var/run/docker.sock';
 const DEFAULT_MAX_OUTPUT_BYTES = 16 * MIB;
 const DEFAULT_MAX_GLOB_ENTRIES = 100_000;
@@ -458,6 +472,7 @@ export class DockerProvider implements Provider {
   private readonly fallbackMemoryBytes: number;
   private readonly fallbackCpus: number;
   private readonly previewDomain: string;
+  private readonly previewMode: PreviewUpstreamMode;
   private readonly extraLabels: Record<string, string>;
   private readonly onPullProgress: ((progress: PullProgress) => void) | undefined;
   private readonly pullTimeoutMs: number;
@@ -466,6 +481,11 @@ export class DockerProvider implements Provider {
   private seccompValue: Promise<string> | undefined;
   /** Sandboxes verified as ours, with the identity their files get. */
   private readonly owned = new Map<string, SandboxUser>();
+  /** Recent inspect answers for preview requests, by sandbox id. */
+  private readonly previewFacts = new Map<
+    string,
+    { atMs: number; facts: Promise<ContainerFacts> }
+  >();
   /** What a spawn of an image needs, per image id and user spec. */
   private readonly imagePlans = new Map<string, Promise<ImagePlan>>();
 
@@ -495,6 +515,7 @@ export class DockerProvider implements Provider {
           : 1024 * MIB;
     this.fallbackCpus = options.cpus === undefined ? 1 : parseCpus(options.cpus);
     this.previewDomain = options.previewDomain ?? 'localhost';
+    this.previewMode = options.previewUpstream ?? 'auto';
     this.extraLabels = { ...options.extraLabels };
     this.onPullProgress = options.onPullProgress;
     this.pullTimeoutMs = options.pullTimeoutMs ?? DEFAULT_PULL_TIMEOUT_MS;
@@ -555,6 +576,7 @@ export class DockerProvider implements Provider {
         ? 'custom'
         : this.seccompProfile,
       preview_domain: this.previewDomain,
+      preview_upstream: this.previewMode,
     };
   }
 
@@ -598,6 +620,7 @@ export class DockerProvider implements Provider {
       scratchSizeMb: this.scratchSizeMb,
       networkMode: this.networkMode,
       runtime: this.runtime,
+      publishPorts: this.previewMode === 'container_ip' ? [] : ports,
     });
     let created = false;
     try {
@@ -647,6 +670,7 @@ export class DockerProvider implements Provider {
       signal,
     );
     this.owned.delete(id);
+    this.previewFacts.delete(id);
     if (info === undefined) return;
     if (!this.isOurs(id, info)) throw notFound(`sandbox not found: ${id}`);
     try {
@@ -691,6 +715,60 @@ export class DockerProvider implements Provider {
       signal,
     );
     return computeStats(raw);
+  }
+
+  /**
+   * Where this host reaches `port` of the sandbox: its published loopback
+   * port, or its container address (see {@link DockerProviderOptions.previewUpstream}).
+   * CONFLICT when the container is not running; BAD_REQUEST naming `ports`
+   * when the port was not declared at spawn.
+   */
+  async previewUpstream(
+    runtimeId: string,
+    port: number,
+    opts?: CallOptions,
+  ): Promise<PreviewEndpoint> {
+    const signal = opts?.signal;
+    throwIfAborted(signal);
+    const id = this.checkId(runtimeId);
+    if (!Number.isInteger(port) || port < 1 || port > 65535) {
+      throw invalidField('port', `${port} is not a port number (1-65535)`);
+    }
+    const info = await this.previewInspect(id);
+    throwIfAborted(signal);
+    const state = mapContainerState(info.state);
+    if (state !== 'running') throw conflict(`sandbox ${id} is not running (${state})`);
+    const found = previewEndpointOf({
+      sandboxId: id,
+      port,
+      declared: declaredPorts(info.labels),
+      mode: this.previewMode,
+      reach: info.reach ?? { ports: {}, ipAddresses: [] },
+    });
+    if ('problem' in found) throw badRequest(found.problem);
+    return found;
+  }
+
+  /**
+   * The container's facts for a preview request, shared by the requests of
+   * the next second (one Engine call instead of one per asset of a page).
+   * Not bound to one caller's signal, since others wait on it too.
+   */
+  private previewInspect(id: string): Promise<ContainerFacts> {
+    const now = Date.now();
+    const hit = this.previewFacts.get(id);
+    if (hit !== undefined && now - hit.atMs < PREVIEW_FACTS_TTL_MS) return hit.facts;
+    if (this.previewFacts.size > 1_000) {
+      for (const [key, v] of this.previewFacts) {
+        if (now - v.atMs >= PREVIEW_FACTS_TTL_MS) this.previewFacts.delete(key);
+      }
+    }
+    const facts = this.inspectOwned(id, undefined);
+    this.previewFacts.set(id, { atMs: now, facts });
+    facts.catch(() => {
+      if (this.previewFacts.get(id)?.facts === facts) this.previewFacts.delete(id);
+    });
+    return facts;
   }
 
   /** Names of every container labelled `stacyvm=true`, in any state, sorted. */

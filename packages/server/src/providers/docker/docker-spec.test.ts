@@ -20,12 +20,14 @@ import {
   buildContainerSpec,
   buildExecEnv,
   buildLabels,
+  canPublishPorts,
   checkImageReference,
   checkPorts,
   chooseSandboxUser,
   classifyFsStderr,
   classifyOciFailure,
   computeStats,
+  declaredPorts,
   demuxAll,
   dirFixes,
   fsCommandError,
@@ -43,6 +45,7 @@ import {
   parseMemoryBytes,
   parsePasswd,
   parsePathStatHeader,
+  previewEndpointOf,
   resolveResources,
   resolveUserSpec,
   scratchMounts,
@@ -365,6 +368,29 @@ describe('container spec', () => {
     });
     expect(tmp?.Target).toBe('/tmp');
     expect(tmp?.VolumeOptions.DriverConfig.Options.o).toBe('mode=1777,nosuid,nodev,size=512m');
+  });
+
+  it('publishes preview ports on 127.0.0.1 with Engine-chosen host ports', () => {
+    const spec = buildContainerSpec({
+      ...specInput,
+      networkMode: 'bridge',
+      publishPorts: [3000, 5173],
+    });
+    expect(spec.ExposedPorts).toEqual({ '3000/tcp': {}, '5173/tcp': {} });
+    expect(spec.HostConfig.PortBindings).toEqual({
+      '3000/tcp': [{ HostIp: '127.0.0.1', HostPort: '' }],
+      '5173/tcp': [{ HostIp: '127.0.0.1', HostPort: '' }],
+    });
+    for (const mode of ['none', 'host', 'container:other']) {
+      const s = buildContainerSpec({ ...specInput, networkMode: mode, publishPorts: [3000] });
+      expect(s.HostConfig.PortBindings, mode).toBeUndefined();
+      expect(s.ExposedPorts, mode).toBeUndefined();
+    }
+    expect(
+      buildContainerSpec({ ...specInput, networkMode: 'bridge' }).HostConfig.PortBindings,
+    ).toBeUndefined();
+    expect(canPublishPorts('stacyvm-network')).toBe(true);
+    expect(canPublishPorts('NONE')).toBe(false);
   });
 
   it('leaves the hostname to the engine when the id is not a hostname', () => {
@@ -914,6 +940,8 @@ class FakeEngine implements DockerEngine {
   readonly created: ContainerSpec[] = [];
   readonly removed: string[] = [];
   readonly puts: string[] = [];
+  /** What inspecting any container answers (undefined: no such container). */
+  container: ContainerFacts | undefined;
   private probes = 0;
 
   ping(): Promise<void> {
@@ -953,8 +981,10 @@ class FakeEngine implements DockerEngine {
     this.calls.push(`start ${id}`);
     return this.startError === undefined ? Promise.resolve() : Promise.reject(this.startError);
   }
+  inspections = 0;
   inspectContainer(): Promise<ContainerFacts | undefined> {
-    return Promise.resolve(undefined);
+    this.inspections += 1;
+    return Promise.resolve(this.container);
   }
   removeContainer(id: string): Promise<boolean> {
     this.calls.push(`remove ${id}`);
@@ -1010,6 +1040,83 @@ class FakeEngine implements DockerEngine {
     return Promise.resolve(pathStatHeader({ name: 'tmp', size: 0, mode: goDirMode(this.tmpMode) }));
   }
 }
+
+describe('DockerProvider preview upstreams', () => {
+  const running = (status = 'running'): ContainerFacts => ({
+    id: 'c1',
+    name: '/sb-0000aaaa',
+    labels: { stacyvm: 'true', 'stacyvm.ports': '3000' },
+    user: '1000:1000',
+    state: { status, running: status === 'running', paused: false, restarting: false },
+    reach: {
+      ports: { '3000/tcp': [{ hostIp: '127.0.0.1', hostPort: '40001' }] },
+      ipAddresses: ['10.9.0.2'],
+    },
+  });
+
+  it('publishes declared ports at spawn unless the upstream is the container address', async () => {
+    const engine = new FakeEngine();
+    engine.images.set('busybox:latest', { id: 'sha256:b', user: '' });
+    const opts = {
+      sandboxId: 'sb-0000aaaa',
+      image: 'busybox',
+      memoryMb: 64,
+      vcpus: 1,
+      metadata: {},
+      ports: [3000, 8080],
+    };
+    await new DockerProvider({ engine }).spawn(opts);
+    expect(engine.created[0]?.HostConfig.PortBindings).toEqual({
+      '3000/tcp': [{ HostIp: '127.0.0.1', HostPort: '' }],
+      '8080/tcp': [{ HostIp: '127.0.0.1', HostPort: '' }],
+    });
+    const direct = new FakeEngine();
+    direct.images.set('busybox:latest', { id: 'sha256:b', user: '' });
+    await new DockerProvider({ engine: direct, previewUpstream: 'container_ip' }).spawn(opts);
+    expect(direct.created[0]?.HostConfig.PortBindings).toBeUndefined();
+  });
+
+  it('answers the published port of a running sandbox, CONFLICT when stopped, NOT_FOUND when gone', async () => {
+    const engine = new FakeEngine();
+    engine.container = running();
+    const p = new DockerProvider({ engine });
+    expect(await p.previewUpstream('sb-0000aaaa', 3000)).toEqual({
+      host: '127.0.0.1',
+      port: 40001,
+    });
+    await expect(p.previewUpstream('sb-0000aaaa', 8080)).rejects.toMatchObject({
+      code: 'BAD_REQUEST',
+      message: expect.stringMatching(/declare it in "ports"/) as unknown,
+    });
+    await expect(p.previewUpstream('sb-0000aaaa', 0)).rejects.toMatchObject({
+      code: 'BAD_REQUEST',
+    });
+    engine.container = running('exited');
+    await expect(
+      new DockerProvider({ engine }).previewUpstream('sb-0000aaaa', 3000),
+    ).rejects.toMatchObject({
+      code: 'CONFLICT',
+      message: 'sandbox sb-0000aaaa is not running (stopped)',
+    });
+    engine.container = undefined;
+    await expect(
+      new DockerProvider({ engine }).previewUpstream('sb-0000aaaa', 3000),
+    ).rejects.toMatchObject({ code: 'NOT_FOUND' });
+  });
+
+  it('shares one inspect among the preview requests of a second, and forgets it on destroy', async () => {
+    const engine = new FakeEngine();
+    engine.container = running();
+    const p = new DockerProvider({ engine });
+    await Promise.all(Array.from({ length: 20 }, () => p.previewUpstream('sb-0000aaaa', 3000)));
+    expect(engine.inspections).toBe(1);
+    await p.destroy('sb-0000aaaa');
+    engine.container = undefined;
+    await expect(p.previewUpstream('sb-0000aaaa', 3000)).rejects.toMatchObject({
+      code: 'NOT_FOUND',
+    });
+  });
+});
 
 describe('DockerProvider spawn decisions', () => {
   const spawnOpts = (image: string, sandboxId = 'sb-0000aaaa') => ({
@@ -1151,5 +1258,63 @@ describe('DockerProvider spawn decisions', () => {
       code: 'BAD_REQUEST',
       message: expect.stringMatching(/ghost/) as unknown,
     });
+  });
+});
+
+describe('preview upstreams', () => {
+  const reach = {
+    ports: {
+      '3000/tcp': [{ hostIp: '127.0.0.1', hostPort: '49153' }],
+      '5173/tcp': [],
+    },
+    ipAddresses: ['172.17.0.5'],
+  };
+  const base = { sandboxId: 'sb-1234abcd', declared: [3000, 5173], reach };
+
+  it('reads the declared ports from the stacyvm.ports label', () => {
+    expect(declaredPorts({ 'stacyvm.ports': '3000,5173' })).toEqual([3000, 5173]);
+    expect(declaredPorts({ 'stacyvm.ports': '' })).toEqual([]);
+    expect(declaredPorts({})).toEqual([]);
+    expect(declaredPorts({ 'stacyvm.ports': '80, x, 0, 70000' })).toEqual([80]);
+  });
+
+  it('uses the loopback-published host port in auto and published modes', () => {
+    for (const mode of ['auto', 'published'] as const) {
+      expect(previewEndpointOf({ ...base, port: 3000, mode })).toEqual({
+        host: '127.0.0.1',
+        port: 49153,
+      });
+    }
+  });
+
+  it('falls back to the container address only in auto mode, and uses it in container_ip mode', () => {
+    expect(previewEndpointOf({ ...base, port: 5173, mode: 'auto' })).toEqual({
+      host: '172.17.0.5',
+      port: 5173,
+    });
+    expect(previewEndpointOf({ ...base, port: 3000, mode: 'container_ip' })).toEqual({
+      host: '172.17.0.5',
+      port: 3000,
+    });
+    expect(previewEndpointOf({ ...base, port: 5173, mode: 'published' })).toMatchObject({
+      problem: expect.stringMatching(/not published/),
+    });
+    expect(
+      previewEndpointOf({
+        ...base,
+        port: 5173,
+        mode: 'auto',
+        reach: { ports: {}, ipAddresses: [] },
+      }),
+    ).toMatchObject({ problem: expect.stringMatching(/no network address/) });
+  });
+
+  it('refuses an undeclared port in every mode, naming the declared ones', () => {
+    for (const mode of ['auto', 'published', 'container_ip'] as const) {
+      expect(previewEndpointOf({ ...base, port: 8080, mode })).toEqual({
+        problem:
+          'port 8080 of sandbox sb-1234abcd is not declared, so it is not reachable: declare it in "ports" when spawning the sandbox (declared: 3000, 5173)',
+      });
+    }
   });
 });

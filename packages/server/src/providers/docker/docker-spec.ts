@@ -277,6 +277,8 @@ export interface ContainerSpec {
   AttachStderr: false;
   Tty: false;
   OpenStdin: false;
+  /** `{"3000/tcp": {}}` for each published preview port. */
+  ExposedPorts?: Record<string, Record<string, never>>;
   HostConfig: {
     Init: true;
     Privileged: false;
@@ -292,7 +294,16 @@ export interface ContainerSpec {
     Runtime: string;
     AutoRemove: false;
     Mounts?: ScratchMount[];
+    /** Preview ports published on the host's loopback, host port chosen by the Engine. */
+    PortBindings?: Record<string, PortBinding[]>;
   };
+}
+
+/** One host binding of a container port. */
+export interface PortBinding {
+  HostIp: string;
+  /** Empty: the Engine picks a free port. */
+  HostPort: string;
 }
 
 /** A tmpfs-backed anonymous volume (see {@link scratchMounts}). */
@@ -352,7 +363,22 @@ export interface ContainerSpecInput {
   scratchSizeMb: number;
   networkMode: string;
   runtime: string;
+  /**
+   * Preview ports to publish on 127.0.0.1 with Engine-chosen host ports, so
+   * the preview gateway on this host reaches them. Ignored for network modes
+   * that cannot publish ports (`none`, `host`, `container:…`).
+   */
+  publishPorts?: readonly number[];
 }
+
+/** Whether containers in this network mode can have published ports. */
+export function canPublishPorts(networkMode: string): boolean {
+  const m = networkMode.trim().toLowerCase();
+  return m !== 'none' && m !== 'host' && !m.startsWith('container:');
+}
+
+/** Host address previews are published on: loopback only, never every interface. */
+export const PREVIEW_PUBLISH_HOST = '127.0.0.1';
 
 const HOSTNAME = /^[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$/;
 
@@ -388,6 +414,17 @@ export function buildContainerSpec(input: ContainerSpecInput): ContainerSpec {
     },
   };
   if (HOSTNAME.test(input.sandboxId)) spec.Hostname = input.sandboxId;
+  const publish = input.publishPorts ?? [];
+  if (publish.length > 0 && canPublishPorts(input.networkMode)) {
+    spec.ExposedPorts = {};
+    spec.HostConfig.PortBindings = {};
+    for (const port of publish) {
+      spec.ExposedPorts[`${port}/tcp`] = {};
+      spec.HostConfig.PortBindings[`${port}/tcp`] = [
+        { HostIp: PREVIEW_PUBLISH_HOST, HostPort: '' },
+      ];
+    }
+  }
   if (input.readOnlyRootfs) {
     spec.HostConfig.Mounts = scratchMounts(input.user, input.scratchSizeMb);
   }
@@ -1106,4 +1143,76 @@ export function mapEngineError(err: unknown, ctx: EngineErrorContext): StacyErro
         cause: err,
       });
   }
+}
+
+// ---------------------------------------------------------------------------
+// Preview upstreams
+
+/** How the preview gateway reaches a container port: see `preview.upstream`. */
+export type PreviewUpstreamMode = 'auto' | 'published' | 'container_ip';
+
+/** One host binding of a container port, as inspect reports it. */
+export interface PublishedPort {
+  hostIp: string;
+  hostPort: string;
+}
+
+/** What inspect tells about how a container can be reached. */
+export interface ContainerReach {
+  /** `NetworkSettings.Ports`: `"3000/tcp"` → its host bindings (empty when unpublished). */
+  ports: Record<string, PublishedPort[]>;
+  /** The container's addresses on its networks (empty for `none`/`host`). */
+  ipAddresses: string[];
+}
+
+/** The ports a container's `stacyvm.ports` label declares. */
+export function declaredPorts(labels: Record<string, string>): number[] {
+  const raw = labels[LABELS.ports] ?? '';
+  return raw
+    .split(',')
+    .map((p) => Number(p.trim()))
+    .filter((p) => Number.isInteger(p) && p >= 1 && p <= 65535);
+}
+
+/**
+ * Where the gateway on this host reaches `port` of a sandbox container, or a
+ * problem in words. A port not declared at spawn is refused in every mode,
+ * so an undeclared service never becomes reachable by accident.
+ */
+export function previewEndpointOf(input: {
+  sandboxId: string;
+  port: number;
+  declared: readonly number[];
+  mode: PreviewUpstreamMode;
+  reach: ContainerReach;
+}): { host: string; port: number } | { problem: string } {
+  const { sandboxId, port, declared, mode, reach } = input;
+  if (!declared.includes(port)) {
+    const list = declared.length === 0 ? 'none' : declared.join(', ');
+    return {
+      problem:
+        `port ${port} of sandbox ${sandboxId} is not declared, so it is not reachable: ` +
+        `declare it in "ports" when spawning the sandbox (declared: ${list})`,
+    };
+  }
+  if (mode !== 'container_ip') {
+    const bindings = reach.ports[`${port}/tcp`] ?? [];
+    const loopback =
+      bindings.find((b) => b.hostIp === PREVIEW_PUBLISH_HOST) ??
+      bindings.find((b) => b.hostIp === '' || b.hostIp === '0.0.0.0');
+    const hostPort = loopback === undefined ? NaN : Number(loopback.hostPort);
+    if (Number.isInteger(hostPort) && hostPort > 0) {
+      return { host: PREVIEW_PUBLISH_HOST, port: hostPort };
+    }
+    if (mode === 'published') {
+      return {
+        problem: `port ${port} of sandbox ${sandboxId} is not published on this host (network mode without port publishing, or a sandbox created before previews were enabled)`,
+      };
+    }
+  }
+  const ip = reach.ipAddresses.find((a) => a !== '');
+  if (ip === undefined) {
+    return { problem: `sandbox ${sandboxId} has no network address to reach port ${port} on` };
+  }
+  return { host: ip, port };
 }

@@ -89,6 +89,28 @@ describe('MockProvider', () => {
     });
   });
 
+  describe('previews', () => {
+    it('reaches any sandbox port on the host loopback, and refuses gone sandboxes and bad ports', async () => {
+      expect(providerCapabilities(provider)).toContain('preview');
+      const id = newSandboxId();
+      await provider.spawn({
+        sandboxId: id,
+        image: 'ignored',
+        memoryMb: 64,
+        vcpus: 1,
+        metadata: {},
+        ports: [3000],
+      });
+      // The host is the sandbox: undeclared ports are just as reachable.
+      expect(await provider.previewUpstream(id, 3000)).toEqual({ host: '127.0.0.1', port: 3000 });
+      expect(await provider.previewUpstream(id, 5173)).toEqual({ host: '127.0.0.1', port: 5173 });
+      await expectStacyError(provider.previewUpstream(id, 0), 'BAD_REQUEST');
+      await expectStacyError(provider.previewUpstream(id, 65536), 'BAD_REQUEST');
+      await provider.destroy(id);
+      await expectStacyError(provider.previewUpstream(id, 3000), 'NOT_FOUND');
+    });
+  });
+
   describe('sandbox ids and lifecycle', () => {
     it('refuses ids that are not sb- and 8 hex digits with BAD_REQUEST', async () => {
       for (const bad of [

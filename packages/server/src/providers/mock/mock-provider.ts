@@ -34,6 +34,7 @@ import { compileGlob } from '../glob.js';
 import type {
   CallOptions,
   FileSource,
+  PreviewEndpoint,
   Provider,
   ProviderHealth,
   ReadFileResult,
@@ -630,6 +631,23 @@ export class MockProvider implements Provider {
       }
     }
     return results.sort(byCodeUnit);
+  }
+
+  /**
+   * Commands run on the host, so a server a sandbox starts listens on the
+   * host's loopback: every port is reachable, declared in `ports` or not.
+   */
+  async previewUpstream(
+    runtimeId: string,
+    port: number,
+    opts?: CallOptions,
+  ): Promise<PreviewEndpoint> {
+    throwIfAborted(opts);
+    if (!Number.isInteger(port) || port < 1 || port > 65535) {
+      throw invalidField('port', `${port} is not a port number (1-65535)`);
+    }
+    await this.rootOf(runtimeId);
+    return { host: '127.0.0.1', port };
   }
 
   async listRuntimes(opts?: CallOptions): Promise<string[]> {
