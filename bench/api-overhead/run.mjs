@@ -15,20 +15,25 @@
 // (this is a measurement), exit 1 if the server does not start or any request fails.
 // See bench/README.md for how to read the output.
 
-import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { cpus, tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { Pool } from 'undici';
+import { makeClient } from '../lib/http.mjs';
+import { repeat } from '../lib/loops.mjs';
+import { cpuMeter, rssMb } from '../lib/proc.mjs';
+import {
+  BenchError,
+  cleanEnv,
+  phaseOf,
+  requireBuild,
+  startServer as startStacyvm,
+  stopServer,
+} from '../lib/server.mjs';
+import { fmt, round3, summarize, goDurationMs } from '../lib/stats.mjs';
 
-const HERE = dirname(fileURLToPath(import.meta.url));
-const MAIN_JS = resolve(HERE, '../../packages/server/dist/cli/main.js');
-const LISTENING_MSG = 'StacyVM control plane listening';
 const TARGET_EXEC_RATIO = 1.5;
 const TARGET_CYCLES_PER_S = 200;
 const START_TIMEOUT_MS = 20_000;
@@ -37,9 +42,6 @@ const ROUND = 20; // samples per side per round
 const WARMUP_COUNT = 40;
 const MAX_CYCLES = 1_000_000; // count cap of the throughput loops; the time cap normally ends them
 const SLICE_MS = 1_000; // throughput alternates 1-client and N-client slices of this length
-
-/** A failure that must end the run with exit 1 (server did not start, a request failed). */
-class BenchError extends Error {}
 
 function usage() {
   return `usage: node bench/api-overhead/run.mjs [options]
@@ -85,227 +87,28 @@ function parseOptions(argv) {
 }
 
 // ---------------------------------------------------------------------------
-// Statistics
-
-/** Nearest-rank percentile of an ascending array. */
-function percentile(sorted, p) {
-  if (sorted.length === 0) return NaN;
-  const rank = Math.max(1, Math.ceil((p / 100) * sorted.length));
-  return sorted[Math.min(rank, sorted.length) - 1];
-}
-
-function summarize(samples) {
-  const sorted = [...samples].sort((a, b) => a - b);
-  const mean = sorted.reduce((s, x) => s + x, 0) / (sorted.length || 1);
-  return {
-    n: sorted.length,
-    p50: round3(percentile(sorted, 50)),
-    p90: round3(percentile(sorted, 90)),
-    p99: round3(percentile(sorted, 99)),
-    mean: round3(sorted.length === 0 ? NaN : mean),
-    max: round3(sorted.length === 0 ? NaN : sorted[sorted.length - 1]),
-  };
-}
-
-function round3(x) {
-  return Number.isFinite(x) ? Math.round(x * 1000) / 1000 : null;
-}
-
-/** Parses a Go-style duration string as the wire uses ("11.07ms", "850µs", "1.2s") into ms. */
-function goDurationMs(text) {
-  if (typeof text !== 'string') return undefined;
-  const unit = { ns: 1e-6, us: 1e-3, µs: 1e-3, μs: 1e-3, ms: 1, s: 1e3, m: 6e4, h: 3.6e6 };
-  let total = 0;
-  let matched = '';
-  for (const m of text.matchAll(/(\d+(?:\.\d+)?)(ns|us|µs|μs|ms|s|m|h)/g)) {
-    total += Number(m[1]) * unit[m[2]];
-    matched += m[0];
-  }
-  return matched.length > 0 && matched === text ? total : undefined;
-}
-
-// ---------------------------------------------------------------------------
-// Server CPU and memory, from /proc (Linux only; null elsewhere)
-
-let clockTicks;
-function ticksPerSecond() {
-  if (clockTicks === undefined) {
-    try {
-      clockTicks = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
-    } catch {
-      clockTicks = 100;
-    }
-  }
-  return clockTicks;
-}
-
-/** User+system CPU time (ms) the process has used so far, or undefined without /proc. */
-function cpuMs(pid) {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return ((Number(fields[11]) + Number(fields[12])) * 1000) / ticksPerSecond();
-  } catch {
-    return undefined;
-  }
-}
-
-/** Resident set size in MB, or undefined without /proc. */
-function rssMb(pid) {
-  try {
-    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m === null ? undefined : Math.round(Number(m[1]) / 1024);
-  } catch {
-    return undefined;
-  }
-}
-
-/** Sums a process's CPU time over the stretches passed to `around`. */
-function cpuMeter(pid) {
-  let total = 0;
-  let known = cpuMs(pid) !== undefined;
-  return {
-    async around(fn) {
-      const before = cpuMs(pid);
-      await fn();
-      const after = cpuMs(pid);
-      if (before === undefined || after === undefined) known = false;
-      else total += after - before;
-    },
-    /** CPU ms per operation, or null when /proc was not readable. */
-    per(ops) {
-      return known && ops > 0 ? round3(total / ops) : null;
-    },
-  };
-}
-
-// ---------------------------------------------------------------------------
 // The server child process
 
 /**
- * Starts `stacyvm serve --port 0` with a clean environment: every inherited STACYVM_* variable is
- * dropped (so no stray config, api key or STACYVM_DEFAULTS_MAX_SANDBOXES leaks in) and HOME
- * points at the temp dir (so ~/.stacyvm/config.yaml is not read).
+ * Starts `stacyvm serve --port 0` with a clean environment (see cleanEnv in bench/lib/server.mjs):
+ * no inherited STACYVM_* variable, HOME at the temp dir, the mock provider only.
  */
-async function startServer({ workDir, mockDir, cpuProfDir }) {
-  const env = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if (!k.startsWith('STACYVM_') && v !== undefined) env[k] = v;
-  }
-  env.HOME = workDir;
-  env.STACYVM_LOGGING_LEVEL = 'info';
-  env.STACYVM_PROVIDERS_MOCK_BASE_DIR = mockDir;
-  // This benchmark measures the mock provider; keep Docker out of provider selection.
-  env.STACYVM_PROVIDERS_DOCKER_ENABLED = 'false';
-
+function startServer({ workDir, mockDir, cpuProfDir }) {
+  const env = cleanEnv(workDir, {
+    STACYVM_LOGGING_LEVEL: 'info',
+    STACYVM_PROVIDERS_MOCK_BASE_DIR: mockDir,
+    // This benchmark measures the mock provider; keep Docker out of provider selection.
+    STACYVM_PROVIDERS_DOCKER_ENABLED: 'false',
+  });
   const nodeArgs = cpuProfDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${cpuProfDir}`];
-  const child = spawn(process.execPath, [...nodeArgs, MAIN_JS, 'serve', '--port', '0'], {
+  return startStacyvm({
+    args: ['serve', '--port', '0'],
+    nodeArgs,
     cwd: workDir,
     env,
-    stdio: ['ignore', 'pipe', 'pipe'],
+    startTimeoutMs: START_TIMEOUT_MS,
+    stopTimeoutMs: STOP_TIMEOUT_MS,
   });
-
-  const server = {
-    child,
-    tail: [], // last stderr/stdout lines, for failure reports
-    /** Per bench phase: server-side responseTime (ms) and log lines, keyed by x-request-id. */
-    phases: new Map(),
-    exited: false,
-    exitInfo: '',
-    closed: undefined,
-  };
-  const remember = (line) => {
-    server.tail.push(line);
-    if (server.tail.length > 40) server.tail.shift();
-  };
-  // Both pipes must be drained for the whole run: a full pipe would block the server's logger.
-  createInterface({ input: child.stdout }).on('line', remember);
-  const stderrLines = createInterface({ input: child.stderr });
-  const stderrDone = new Promise((r) => stderrLines.once('close', r));
-
-  let onListening;
-  const listening = new Promise((res, rej) => {
-    onListening = { res, rej };
-  });
-  stderrLines.on('line', (line) => {
-    remember(line);
-    let rec;
-    try {
-      rec = JSON.parse(line);
-    } catch {
-      return;
-    }
-    if (rec.msg === LISTENING_MSG && typeof rec.address === 'string') onListening.res(rec.address);
-    // Fastify's request lines carry reqId; the services' own lines carry request_id.
-    const rid = typeof rec.reqId === 'string' ? rec.reqId : rec.request_id;
-    if (typeof rid === 'string' && rid.startsWith('bench.')) {
-      const phase = rid.split('.')[1];
-      let p = server.phases.get(phase);
-      if (p === undefined) server.phases.set(phase, (p = { responseMs: [], logLines: 0 }));
-      p.logLines++;
-      if (rec.msg === 'request completed' && typeof rec.responseTime === 'number') {
-        p.responseMs.push(rec.responseTime);
-      }
-    }
-  });
-
-  server.closed = new Promise((r) => {
-    child.once('exit', (code, signal) => {
-      server.exited = true;
-      server.exitInfo = signal === null ? `exit code ${code}` : `signal ${signal}`;
-      // Wait for the last log lines: they explain a failed start, and complete the figures.
-      void stderrDone.then(() => {
-        onListening.rej(new BenchError(`server exited before listening (${server.exitInfo})`));
-        r();
-      });
-    });
-  });
-  child.once('error', (err) => {
-    onListening.rej(new BenchError(`could not start the server: ${err.message}`));
-  });
-
-  let timer;
-  const timeout = new Promise((_, rej) => {
-    timer = setTimeout(
-      () =>
-        rej(
-          new BenchError(`server did not report "${LISTENING_MSG}" within ${START_TIMEOUT_MS} ms`),
-        ),
-      START_TIMEOUT_MS,
-    );
-  });
-  try {
-    server.address = await Promise.race([listening, timeout]);
-  } catch (err) {
-    // The caller never sees this server, so it is stopped here; its output explains the failure.
-    await stopServer(server);
-    const tail = server.tail.slice(-15).join('\n');
-    throw new BenchError(`${err.message}${tail === '' ? '' : `\nlast server output:\n${tail}`}`);
-  } finally {
-    clearTimeout(timer);
-  }
-  const url = new URL(server.address);
-  if (url.hostname !== '127.0.0.1') {
-    await stopServer(server);
-    throw new BenchError(`server listens on ${server.address}; this bench only talks to 127.0.0.1`);
-  }
-  return server;
-}
-
-/** SIGTERM, then SIGKILL if the server has not exited in time. Resolves once it is gone. */
-async function stopServer(server) {
-  if (server === undefined || server.exited) return;
-  server.child.kill('SIGTERM');
-  let timer;
-  const late = new Promise((r) => {
-    timer = setTimeout(() => r('late'), STOP_TIMEOUT_MS);
-  });
-  if ((await Promise.race([server.closed, late])) === 'late' && !server.exited) {
-    server.child.kill('SIGKILL');
-    await server.closed;
-  }
-  clearTimeout(timer);
 }
 
 // ---------------------------------------------------------------------------
@@ -324,42 +127,6 @@ function directSpawn() {
   });
 }
 
-function makeClient(origin, connections, server) {
-  const pool = new Pool(origin, { connections, pipelining: 1 });
-  let seq = 0;
-  /** One request; throws BenchError on transport failure or an unexpected status. */
-  async function call(phase, method, path, body, expectStatus) {
-    if (server.exited) throw new BenchError(`server exited during the run (${server.exitInfo})`);
-    const headers = { 'x-request-id': `bench.${phase}.${++seq}` };
-    if (body !== undefined) headers['content-type'] = 'application/json';
-    let res;
-    try {
-      res = await pool.request({
-        method,
-        path,
-        headers,
-        body: body === undefined ? undefined : JSON.stringify(body),
-      });
-    } catch (err) {
-      throw new BenchError(`${method} ${path} failed: ${err.message}`);
-    }
-    const text = await res.body.text();
-    if (res.statusCode !== expectStatus) {
-      throw new BenchError(
-        `${method} ${path} answered ${res.statusCode}, expected ${expectStatus}: ${text.slice(0, 300)}`,
-      );
-    }
-    try {
-      return text.length === 0 ? undefined : JSON.parse(text);
-    } catch {
-      throw new BenchError(
-        `${method} ${path} answered a body that is not JSON: ${text.slice(0, 300)}`,
-      );
-    }
-  }
-  return { pool, call };
-}
-
 async function createSandbox(call, phase) {
   const sb = await call(phase, 'POST', '/api/v1/sandboxes', {}, 201);
   if (typeof sb?.id !== 'string') throw new BenchError('POST /api/v1/sandboxes gave no id');
@@ -372,11 +139,6 @@ async function destroySandbox(call, phase, id) {
 
 // ---------------------------------------------------------------------------
 // Phases
-
-/** Runs `fn` `count` times or until `deadline` (performance.now() ms), whichever is first. */
-async function repeat(count, deadline, fn) {
-  for (let i = 0; i < count && performance.now() < deadline; i++) await fn();
-}
 
 async function measureLatency({ call, sandboxId, iterations, budgetMs, serverPid }) {
   const execPath = `/api/v1/sandboxes/${encodeURIComponent(sandboxId)}/exec`;
@@ -482,10 +244,6 @@ async function measureCycles({ call, concurrency, budgetMs, serverPid }) {
 // ---------------------------------------------------------------------------
 // Output
 
-function fmt(x, digits = 2) {
-  return x === null || x === undefined ? '-' : x.toFixed(digits);
-}
-
 function printReport(r) {
   const lines = [];
   const row = (cells, widths) =>
@@ -564,7 +322,7 @@ function printReport(r) {
 }
 
 function buildResult(opts, latency, cycles, server) {
-  const phase = (name) => server.phases.get(name) ?? { responseMs: [], logLines: 0 };
+  const phase = (name) => phaseOf(server, name);
   const merged = (names) => {
     const ps = names.map(phase);
     return {
@@ -658,9 +416,7 @@ function buildResult(opts, latency, cycles, server) {
 
 async function main() {
   const opts = parseOptions(process.argv.slice(2));
-  if (!existsSync(MAIN_JS)) {
-    throw new BenchError(`${MAIN_JS} not found: run \`npm run build\` first`);
-  }
+  requireBuild();
   const workDir = await mkdtemp(join(tmpdir(), 'stacyvm-bench-'));
   const mockDir = await mkdtemp(join(tmpdir(), 'stacyvm-bench-mock-'));
   let server;
@@ -684,7 +440,7 @@ async function main() {
   try {
     const budgetMs = opts.seconds * 1000;
     server = await startServer({ workDir, mockDir, cpuProfDir: opts.cpuProfDir });
-    const client = makeClient(server.address, opts.concurrency, server);
+    const client = makeClient(server.address, { connections: opts.concurrency, server });
     pool = client.pool;
     const { call } = client;
 

@@ -22,26 +22,30 @@
 // Exit 0 whatever the numbers are (this is a measurement); exit 1 when the server or daemon is not
 // usable, a request fails, or a container of this run is left behind. See bench/README.md.
 
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { readdirSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { cpus, tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { performance } from 'node:perf_hooks';
-import { createInterface } from 'node:readline';
-import { Readable } from 'node:stream';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import Docker from 'dockerode';
-import { Pool } from 'undici';
+import { makeClient as makeHttpClient } from '../lib/http.mjs';
+import { bounded as boundedLoop, now, repeat as repeatLoop } from '../lib/loops.mjs';
+import { readProc, rssKb } from '../lib/proc.mjs';
+import {
+  BenchError,
+  cleanEnv,
+  DIST,
+  MAIN_JS,
+  requireBuild,
+  startServer as startStacyvm,
+  stopServer,
+} from '../lib/server.mjs';
+import { fmt, goDurationMs, ratio, round3, summarize } from '../lib/stats.mjs';
 
-const HERE = dirname(fileURLToPath(import.meta.url));
-const DIST = resolve(HERE, '../../packages/server/dist');
-const MAIN_JS = join(DIST, 'cli/main.js');
 const SPEC_JS = join(DIST, 'providers/docker/docker-spec.js');
-const LISTENING_MSG = 'StacyVM control plane listening';
 const DEFAULT_IMAGE = 'stacyvm-test/busybox:latest';
 const TARGET_SPAWN_RATIO = 1.15;
 const TARGET_EXEC_RATIO = 1.2;
@@ -63,8 +67,6 @@ const META_KEY = 'stacyvm_bench';
 /** Label the bench puts on the containers it creates directly. */
 const BENCH_LABEL = 'stacyvm.bench';
 
-/** A failure that must end the run with exit 1 (server did not start, a request failed). */
-class BenchError extends Error {}
 /** Ctrl-C or SIGTERM: loops stop at their next step, then everything is cleaned up. */
 class Interrupted extends BenchError {}
 
@@ -145,14 +147,9 @@ function checkStop() {
   if (run.stopping) throw new Interrupted('interrupted');
 }
 
-const now = () => performance.now();
-
 /** Runs `fn` `count` times or until `deadline` (performance.now() ms), whichever is first. */
-async function repeat(count, deadline, fn) {
-  for (let i = 0; i < count && now() < deadline; i++) {
-    checkStop();
-    await fn(i);
-  }
+function repeat(count, deadline, fn) {
+  return repeatLoop(count, deadline, fn, checkStop);
 }
 
 /**
@@ -160,93 +157,15 @@ async function repeat(count, deadline, fn) {
  * or (unless `cleanup`) a stop. Failures are collected, not thrown, and stop further starts
  * when `stopOnError`.
  */
-async function bounded(count, limit, deadline, fn, { stopOnError = true, cleanup = false } = {}) {
-  let next = 0;
-  let done = 0;
-  const errors = [];
-  const worker = async () => {
-    while (next < count && now() < deadline && (cleanup || !run.stopping)) {
-      if (stopOnError && errors.length > 0) return;
-      const i = next++;
-      try {
-        await fn(i);
-        done++;
-      } catch (err) {
-        errors.push(err);
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, count) }, worker));
-  return { done, errors };
-}
-
-/** Rejects after `ms` unless `p` settles first. */
-async function within(ms, what, p) {
-  let timer;
-  const late = new Promise((_, rej) => {
-    timer = setTimeout(() => rej(new BenchError(`${what} took longer than ${ms} ms`)), ms);
+function bounded(count, limit, deadline, fn, { stopOnError = true, cleanup = false } = {}) {
+  return boundedLoop(count, limit, deadline, fn, {
+    stopOnError,
+    stopped: () => !cleanup && run.stopping,
   });
-  try {
-    return await Promise.race([p, late]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-// ---------------------------------------------------------------------------
-// Statistics
-
-/** Nearest-rank percentile of an ascending array. */
-function percentile(sorted, p) {
-  if (sorted.length === 0) return NaN;
-  const rank = Math.max(1, Math.ceil((p / 100) * sorted.length));
-  return sorted[Math.min(rank, sorted.length) - 1];
-}
-
-function summarize(samples) {
-  const sorted = [...samples].sort((a, b) => a - b);
-  const mean = sorted.reduce((s, x) => s + x, 0) / (sorted.length || 1);
-  return {
-    n: sorted.length,
-    p50: round3(percentile(sorted, 50)),
-    p90: round3(percentile(sorted, 90)),
-    p99: round3(percentile(sorted, 99)),
-    mean: round3(sorted.length === 0 ? NaN : mean),
-    max: round3(sorted.length === 0 ? NaN : sorted[sorted.length - 1]),
-  };
-}
-
-function round3(x) {
-  return Number.isFinite(x) ? Math.round(x * 1000) / 1000 : null;
-}
-
-function ratio(a, b) {
-  return a === null || b === null || b === 0 ? null : round3(a / b);
-}
-
-/** Parses a Go-style duration string as the wire uses ("11.07ms", "850µs", "1.2s") into ms. */
-function goDurationMs(text) {
-  if (typeof text !== 'string') return undefined;
-  const unit = { ns: 1e-6, us: 1e-3, µs: 1e-3, μs: 1e-3, ms: 1, s: 1e3, m: 6e4, h: 3.6e6 };
-  let total = 0;
-  let matched = '';
-  for (const m of text.matchAll(/(\d+(?:\.\d+)?)(ns|us|µs|μs|ms|s|m|h)/g)) {
-    total += Number(m[1]) * unit[m[2]];
-    matched += m[0];
-  }
-  return matched.length > 0 && matched === text ? total : undefined;
 }
 
 // ---------------------------------------------------------------------------
 // Host memory, from /proc (Linux only; null elsewhere)
-
-function readProc(path) {
-  try {
-    return readFileSync(path, 'utf8');
-  } catch {
-    return undefined;
-  }
-}
 
 /** MemAvailable in KiB, or undefined without /proc. */
 function memAvailableKb() {
@@ -263,11 +182,6 @@ async function memAvailableSettledKb() {
     if (v !== undefined) reads.push(v);
   }
   return reads.length === 0 ? undefined : reads.sort((a, b) => a - b)[Math.floor(reads.length / 2)];
-}
-
-function rssKb(pid) {
-  const m = /VmRSS:\s+(\d+) kB/.exec(readProc(`/proc/${pid}/status`) ?? '');
-  return m === null ? undefined : Number(m[1]);
 }
 
 /** Proportional set size in KiB (shared pages split between sharers), falling back to RSS. */
@@ -339,167 +253,38 @@ function statsMemoryBytes(stats) {
  * Docker provider is enabled.
  */
 async function startServer({ workDir }) {
-  const env = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if (!k.startsWith('STACYVM_') && v !== undefined) env[k] = v;
-  }
-  env.HOME = workDir;
-  env.STACYVM_LOGGING_LEVEL = 'info';
-  env.STACYVM_SERVER_HOST = '127.0.0.1';
-  env.STACYVM_PROVIDERS_DOCKER_ENABLED = 'true';
-  env.STACYVM_PROVIDERS_DEFAULT = 'docker';
-  env.STACYVM_PROVIDERS_MOCK_ENABLED = 'false';
-  env.STACYVM_DEFAULTS_MAX_SANDBOXES = '0';
-
+  const env = cleanEnv(workDir, {
+    STACYVM_LOGGING_LEVEL: 'info',
+    STACYVM_SERVER_HOST: '127.0.0.1',
+    STACYVM_PROVIDERS_DOCKER_ENABLED: 'true',
+    STACYVM_PROVIDERS_DEFAULT: 'docker',
+    STACYVM_PROVIDERS_MOCK_ENABLED: 'false',
+    STACYVM_DEFAULTS_MAX_SANDBOXES: '0',
+  });
+  /** Sandboxes the server adopted at start (containers of other runs; left alone). */
+  const adopted = [];
   // Its own process group: a Ctrl-C reaches only the bench, which then deletes its sandboxes
   // through the server before stopping it. If the bench dies anyway, the server goes with it.
-  const child = spawn(process.execPath, [MAIN_JS, 'serve', '--port', '0'], {
+  const server = await startStacyvm({
+    args: ['serve', '--port', '0'],
     cwd: workDir,
     env,
-    stdio: ['ignore', 'pipe', 'pipe'],
     detached: true,
+    startTimeoutMs: START_TIMEOUT_MS,
+    stopTimeoutMs: STOP_TIMEOUT_MS,
+    onRecord: (rec) => {
+      if (Array.isArray(rec.adopted)) adopted.push(...rec.adopted);
+    },
   });
-  const killOnExit = () => {
-    if (!server.exited) child.kill('SIGKILL');
-  };
-  process.once('exit', killOnExit);
-
-  const server = {
-    child,
-    tail: [], // last stderr/stdout lines, for failure reports
-    /** Per bench phase: server-side responseTime (ms) and log lines, keyed by x-request-id. */
-    phases: new Map(),
-    /** Sandboxes the server adopted at start (containers of other runs; left alone). */
-    adopted: [],
-    exited: false,
-    exitInfo: '',
-    closed: undefined,
-  };
-  const remember = (line) => {
-    server.tail.push(line);
-    if (server.tail.length > 40) server.tail.shift();
-  };
-  // Both pipes must be drained for the whole run: a full pipe would block the server's logger.
-  createInterface({ input: child.stdout }).on('line', remember);
-  const stderrLines = createInterface({ input: child.stderr });
-  const stderrDone = new Promise((r) => stderrLines.once('close', r));
-
-  let onListening;
-  const listening = new Promise((res, rej) => {
-    onListening = { res, rej };
-  });
-  stderrLines.on('line', (line) => {
-    remember(line);
-    let rec;
-    try {
-      rec = JSON.parse(line);
-    } catch {
-      return;
-    }
-    if (rec.msg === LISTENING_MSG && typeof rec.address === 'string') onListening.res(rec.address);
-    if (Array.isArray(rec.adopted)) server.adopted.push(...rec.adopted);
-    const rid = typeof rec.reqId === 'string' ? rec.reqId : rec.request_id;
-    if (typeof rid === 'string' && rid.startsWith('bench.')) {
-      const phase = rid.split('.')[1];
-      let p = server.phases.get(phase);
-      if (p === undefined) server.phases.set(phase, (p = { responseMs: [], logLines: 0 }));
-      p.logLines++;
-      if (rec.msg === 'request completed' && typeof rec.responseTime === 'number') {
-        p.responseMs.push(rec.responseTime);
-      }
-    }
-  });
-
-  server.closed = new Promise((r) => {
-    child.once('exit', (code, signal) => {
-      server.exited = true;
-      process.off('exit', killOnExit);
-      server.exitInfo = signal === null ? `exit code ${code}` : `signal ${signal}`;
-      void stderrDone.then(() => {
-        onListening.rej(new BenchError(`server exited before listening (${server.exitInfo})`));
-        r();
-      });
-    });
-  });
-  child.once('error', (err) => {
-    onListening.rej(new BenchError(`could not start the server: ${err.message}`));
-  });
-
-  try {
-    server.address = await within(START_TIMEOUT_MS, `waiting for "${LISTENING_MSG}"`, listening);
-  } catch (err) {
-    await stopServer(server);
-    const tail = server.tail.slice(-15).join('\n');
-    throw new BenchError(`${err.message}${tail === '' ? '' : `\nlast server output:\n${tail}`}`);
-  }
-  const url = new URL(server.address);
-  if (url.hostname !== '127.0.0.1') {
-    await stopServer(server);
-    throw new BenchError(`server listens on ${server.address}, expected 127.0.0.1`);
-  }
+  server.adopted = adopted;
   return server;
-}
-
-/** SIGTERM, then SIGKILL if the server has not exited in time. Resolves once it is gone. */
-async function stopServer(server) {
-  if (server === undefined || server.exited) return;
-  server.child.kill('SIGTERM');
-  let timer;
-  const late = new Promise((r) => {
-    timer = setTimeout(() => r('late'), STOP_TIMEOUT_MS);
-  });
-  if ((await Promise.race([server.closed, late])) === 'late' && !server.exited) {
-    server.child.kill('SIGKILL');
-    await server.closed;
-  }
-  clearTimeout(timer);
 }
 
 // ---------------------------------------------------------------------------
 // The API side
 
 function makeClient(origin, connections, server) {
-  const pool = new Pool(origin, {
-    connections,
-    pipelining: 1,
-    headersTimeout: CALL_TIMEOUT_MS,
-    bodyTimeout: CALL_TIMEOUT_MS,
-  });
-  let seq = 0;
-  /** One request; throws BenchError on transport failure or an unexpected status. */
-  async function request(phase, method, path, body, expectStatus, { text = false } = {}) {
-    if (server.exited) throw new BenchError(`server exited during the run (${server.exitInfo})`);
-    const headers = { 'x-request-id': `bench.${phase}.${++seq}` };
-    if (body !== undefined) headers['content-type'] = 'application/json';
-    let res;
-    try {
-      res = await pool.request({
-        method,
-        path,
-        headers,
-        body: body === undefined ? undefined : JSON.stringify(body),
-      });
-    } catch (err) {
-      throw new BenchError(`${method} ${path} failed: ${err.message}`);
-    }
-    const raw = await res.body.text();
-    if (res.statusCode !== expectStatus) {
-      throw new BenchError(
-        `${method} ${path} answered ${res.statusCode}, expected ${expectStatus}: ${raw.slice(0, 300)}`,
-      );
-    }
-    if (text) return raw;
-    try {
-      return raw.length === 0 ? undefined : JSON.parse(raw);
-    } catch {
-      throw new BenchError(
-        `${method} ${path} answered a body that is not JSON: ${raw.slice(0, 300)}`,
-      );
-    }
-  }
-  const call = (phase, method, path, body, expectStatus) =>
-    request(phase, method, path, body, expectStatus);
-  return { pool, call, request };
+  return makeHttpClient(origin, { connections, server, timeoutMs: CALL_TIMEOUT_MS });
 }
 
 async function apiCreate(api, phase, image) {
@@ -1086,10 +871,6 @@ function makeTeardown(ctx) {
 // ---------------------------------------------------------------------------
 // Output
 
-function fmt(x, digits = 2) {
-  return x === null || x === undefined ? '-' : x.toFixed(digits);
-}
-
 function printReport(r) {
   const lines = [];
   const row = (cells, widths) =>
@@ -1332,9 +1113,7 @@ async function readTemplate(docker, spec, sandboxId, image) {
 
 async function main() {
   const opts = parseOptions(process.argv.slice(2));
-  for (const f of [MAIN_JS, SPEC_JS]) {
-    if (!existsSync(f)) throw new BenchError(`${f} not found: run \`npm run build\` first`);
-  }
+  requireBuild([MAIN_JS, SPEC_JS]);
   const spec = await import(pathToFileURL(SPEC_JS).href);
   const ctx = {};
   const teardown = makeTeardown(ctx);
