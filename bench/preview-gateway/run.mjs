@@ -1,15 +1,22 @@
 #!/usr/bin/env node
 // Benchmark: what the built-in preview gateway costs over talking to the sandbox port directly.
 //
-// Starts the real built server (`stacyvm serve --port 0`, mock provider, SQLite in a fresh temp
-// dir, `preview.listen_addr=127.0.0.1:0`) and a minimal node HTTP + WebSocket app
-// (bench/preview-gateway/app.mjs) as child processes, spawns a mock sandbox declaring the app's
-// port (with the mock provider a sandbox's port N is 127.0.0.1:N on the host, so the app is what
-// `http://{port}-{id}.localhost` reaches), then measures in the same run, interleaved:
-//   1. latency at 1 connection — sequential keep-alive GETs, direct to the app's port vs
-//      through the gateway (Host `{port}-{id}.localhost:{gw}`);
-//   2. throughput at C connections (default 50) — a keep-alive load generator (undici Pool,
-//      C requests in flight), requests/s and p50/p99, in alternating 1 s slices per side;
+// Starts, as child processes: the real built server (`stacyvm serve --port 0`, mock provider,
+// SQLite in a fresh temp dir, `preview.listen_addr=127.0.0.1:0`); a minimal node HTTP +
+// WebSocket app (bench/preview-gateway/app.mjs); and, as a reference, the same built gateway
+// code with a resolver that answers at once (bench/preview-gateway/fixed-gateway.mjs). It spawns
+// a mock sandbox declaring the app's port (with the mock provider a sandbox's port N is
+// 127.0.0.1:N on the host, so the app is what `http://{port}-{id}.localhost` reaches) and
+// measures three sides in the same run, interleaved:
+//   direct   — the app's port itself;
+//   gateway  — the control plane's gateway, Host `{port}-{id}.localhost:{gw}` (what users get:
+//              host parsing, the sandbox looked up in the store, the provider asked for the port,
+//              then the proxying); the targets are judged on this side;
+//   proxy    — the fixed-resolver gateway: the proxying alone.
+// Phases:
+//   1. latency at 1 connection — sequential keep-alive GETs;
+//   2. throughput at C connections (default 50) — a keep-alive load generator (undici Pool, C
+//      requests in flight), requests/s and p50/p99, in alternating 1 s slices per side;
 //   3. WebSocket echo round trip — one socket per side, sequential echoes of a 32-byte message.
 //
 // Every loop is bounded by a count and by a wall-clock cap. Exit 0 whatever the numbers are
@@ -39,7 +46,6 @@ import {
 import { diff, fmt, ratio, round3, summarize } from '../lib/stats.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
-const APP = join(HERE, 'app.mjs');
 const TARGET_THROUGHPUT_RATIO = 0.25;
 const TARGET_ADDED_P50_MS = 0.3;
 const START_TIMEOUT_MS = 20_000;
@@ -47,13 +53,13 @@ const STOP_TIMEOUT_MS = 10_000;
 const REQUEST_TIMEOUT_MS = 10_000;
 const ROUND = 200; // 1-connection samples per side per round
 const WS_ROUND = 100; // WebSocket echoes per side per round
-const SLICE_MS = 1_000; // throughput alternates direct and gateway slices of this length
+const SLICE_MS = 1_000; // throughput rotates the sides in slices of this length
 const WS_MESSAGE = 'stacyvm-preview-bench-echo-32byt'; // 32 bytes
 
 function usage() {
   return `usage: node bench/preview-gateway/run.mjs [options]
 
-  --seconds S        wall-clock budget for all measuring, excluding start/stop (default 40)
+  --seconds S        wall-clock budget for all measuring, excluding start/stop (default 45)
   --iterations N     1-connection requests per side (default 5000)
   --connections C    connections (requests in flight) of the throughput phase (default 50)
   --requests N       throughput requests per side at most (default 2000000; time normally ends it)
@@ -68,7 +74,7 @@ function parseOptions(argv) {
   const { values } = parseArgs({
     args: argv,
     options: {
-      seconds: { type: 'string', default: '40' },
+      seconds: { type: 'string', default: '45' },
       iterations: { type: 'string', default: '5000' },
       connections: { type: 'string', default: '50' },
       requests: { type: 'string', default: '2000000' },
@@ -102,13 +108,26 @@ function parseOptions(argv) {
 // ---------------------------------------------------------------------------
 // Child processes
 
-/** Starts app.mjs; resolves with its port. Its stdin is a pipe: it exits when the bench does. */
-async function startApp() {
-  const child = spawn(process.execPath, [APP], { stdio: ['pipe', 'pipe', 'pipe'] });
-  const proc = { child, exited: false, exitInfo: '', tail: [] };
+// Helpers still running when the bench exits (an uncaught error) are killed with it.
+const helpers = new Set();
+process.on('exit', () => {
+  for (const h of helpers) h.child.kill('SIGKILL');
+});
+
+/**
+ * Starts `node script ...args`, which prints `{"port":N}` once listening; resolves with a handle
+ * carrying `port`, `pid`, `stop()`. Its stdin is a pipe: it exits when the bench does.
+ */
+async function startHelper(name, script, args = []) {
+  const child = spawn(process.execPath, [join(HERE, script), ...args], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  const proc = { name, child, pid: child.pid, exited: false, exitInfo: '', tail: [] };
+  helpers.add(proc);
   const closed = new Promise((r) =>
     child.once('exit', (code, signal) => {
       proc.exited = true;
+      helpers.delete(proc);
       proc.exitInfo = signal === null ? `exit code ${code}` : `signal ${signal}`;
       r();
     }),
@@ -124,23 +143,22 @@ async function startApp() {
     proc.tail.push(l);
     if (proc.tail.length > 20) proc.tail.shift();
   });
-  const port = await within(
+  proc.port = await within(
     START_TIMEOUT_MS,
-    'starting the app',
+    `starting the ${name}`,
     new Promise((res, rej) => {
       createInterface({ input: child.stdout }).once('line', (line) => {
         try {
           res(JSON.parse(line).port);
         } catch {
-          rej(new BenchError(`the app printed ${line}`));
+          rej(new BenchError(`the ${name} printed ${line}`));
         }
       });
       void closed.then(() =>
-        rej(new BenchError(`the app exited (${proc.exitInfo}): ${proc.tail.join('\n')}`)),
+        rej(new BenchError(`the ${name} exited (${proc.exitInfo}): ${proc.tail.join('\n')}`)),
       );
     }),
   );
-  proc.port = port;
   return proc;
 }
 
@@ -168,17 +186,25 @@ async function startServer({ workDir, mockDir, cpuProfDir }) {
       }
     },
   });
-  const address = await within(5_000, 'waiting for the preview gateway', gateway);
-  const [host, port] = address.split(':');
-  if (host !== '127.0.0.1') throw new BenchError(`the gateway listens on ${address}, not loopback`);
-  return { server, gatewayPort: Number(port) };
+  try {
+    const address = await within(5_000, 'waiting for the preview gateway', gateway);
+    const [host, port] = address.split(':');
+    if (host !== '127.0.0.1') throw new BenchError(`the gateway listens on ${address}`);
+    return { server, gatewayPort: Number(port) };
+  } catch (err) {
+    await stopServer(server);
+    throw err;
+  }
 }
 
 // ---------------------------------------------------------------------------
 // Load
 
-/** One side of the comparison: an origin, the Host header to send, its pools. */
-function makeSide(name, port, host, connections) {
+/**
+ * One side of the comparison: a port, the Host header to send (none for direct), the process
+ * whose CPU is metered (none for direct), its pools and samples.
+ */
+function makeSide(name, label, port, host, pid, connections) {
   const origin = `http://127.0.0.1:${port}`;
   const opts = {
     pipelining: 1,
@@ -187,11 +213,13 @@ function makeSide(name, port, host, connections) {
   };
   return {
     name,
+    label,
     port,
     host,
     single: new Pool(origin, { ...opts, connections: 1 }),
     many: new Pool(origin, { ...opts, connections }),
     headers: host === undefined ? {} : { host },
+    cpu: pid === undefined ? undefined : { single: cpuMeter(pid), many: cpuMeter(pid) },
     latency: [], // 1-connection samples (ms)
     load: { requests: 0, ms: 0, samples: [] },
     ws: [],
@@ -201,7 +229,12 @@ function makeSide(name, port, host, connections) {
   };
 }
 
-/** GET / once on `pool`; checks the status and the body. */
+/** Runs `fn` under the side's CPU meter `which`, when it has one. */
+function metered(side, which, fn) {
+  return side.cpu === undefined ? fn() : side.cpu[which].around(fn);
+}
+
+/** GET / once on `pool`; checks the status and (when given) the body. */
 async function get(side, pool, expectBody) {
   let res;
   try {
@@ -238,20 +271,20 @@ async function load(side, pool, expectBody, { connections, count, deadline, samp
   return { done, ms: performance.now() - t0 };
 }
 
-function openWs(port, host) {
+function openWs(side) {
   return within(
     REQUEST_TIMEOUT_MS,
-    `opening a WebSocket on port ${port}`,
+    `${side.name}: opening a WebSocket`,
     new Promise((res, rej) => {
-      const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`, {
+      const ws = new WebSocket(`ws://127.0.0.1:${side.port}/ws`, {
         perMessageDeflate: false,
-        ...(host === undefined ? {} : { headers: { host } }),
+        ...(side.host === undefined ? {} : { headers: { host: side.host } }),
       });
       ws.once('open', () => res(ws));
       ws.once('unexpected-response', (_req, r) =>
-        rej(new BenchError(`WebSocket upgrade on port ${port} answered ${r.statusCode}`)),
+        rej(new BenchError(`${side.name}: the WebSocket upgrade answered ${r.statusCode}`)),
       );
-      ws.once('error', (err) => rej(new BenchError(`WebSocket on port ${port}: ${err.message}`)));
+      ws.once('error', (err) => rej(new BenchError(`${side.name}: WebSocket: ${err.message}`)));
     }),
   );
 }
@@ -271,6 +304,13 @@ function echo(ws, name) {
   );
 }
 
+/** The sides in a rotating order (each side in each position equally often). */
+function rotation(sides, i) {
+  const k = i % sides.length;
+  const order = [...sides.slice(k), ...sides.slice(0, k)];
+  return Math.floor(i / sides.length) % 2 === 0 ? order : order.reverse();
+}
+
 // ---------------------------------------------------------------------------
 // Phases
 
@@ -282,31 +322,28 @@ async function warmUp(sides, body, budgetMs, connections) {
   }
 }
 
-async function measureLatency(sides, body, iterations, budgetMs, cpu) {
+async function measureLatency(sides, body, iterations, budgetMs) {
   const deadline = performance.now() + budgetMs;
   let rounds = 0;
   while (performance.now() < deadline && sides.some((s) => s.latency.length < iterations)) {
-    // Reversing the order each round keeps "who runs right after whom" symmetric.
-    const order = rounds % 2 === 0 ? sides : [...sides].reverse();
-    for (const side of order) {
+    for (const side of rotation(sides, rounds)) {
       const count = Math.min(ROUND, iterations - side.latency.length);
-      const run = () =>
-        load(side, side.single, body, { connections: 1, count, deadline, samples: side.latency });
-      if (side.name === 'gateway') await cpu.latency.around(run);
-      else await run();
+      await metered(side, 'single', () =>
+        load(side, side.single, body, { connections: 1, count, deadline, samples: side.latency }),
+      );
     }
     rounds++;
   }
   return rounds;
 }
 
-async function measureThroughput(sides, body, connections, maxRequests, budgetMs, cpu) {
+async function measureThroughput(sides, body, connections, maxRequests, budgetMs) {
   const deadline = performance.now() + budgetMs;
   let slice = 0;
   while (performance.now() < deadline && sides.some((s) => s.load.requests < maxRequests)) {
-    const side = sides[slice % 2];
+    const side = rotation(sides, Math.floor(slice / sides.length))[slice % sides.length];
     const sliceEnd = Math.min(deadline, performance.now() + SLICE_MS);
-    const run = async () => {
+    await metered(side, 'many', async () => {
       const r = await load(side, side.many, body, {
         connections,
         count: maxRequests - side.load.requests,
@@ -315,9 +352,7 @@ async function measureThroughput(sides, body, connections, maxRequests, budgetMs
       });
       side.load.requests += r.done;
       side.load.ms += r.ms;
-    };
-    if (side.name === 'gateway') await cpu.throughput.around(run);
-    else await run();
+    });
     slice++;
   }
   return slice;
@@ -327,14 +362,13 @@ async function measureWs(sides, messages, budgetMs) {
   const deadline = performance.now() + budgetMs;
   const sockets = new Map();
   try {
-    for (const side of sides) sockets.set(side, await openWs(side.port, side.host));
+    for (const side of sides) sockets.set(side, await openWs(side));
     for (const [side, ws] of sockets) {
       for (let i = 0; i < 50; i++) await echo(ws, side.name); // warm-up
     }
     let rounds = 0;
     while (performance.now() < deadline && sides.some((s) => s.ws.length < messages)) {
-      const order = rounds % 2 === 0 ? sides : [...sides].reverse();
-      for (const side of order) {
+      for (const side of rotation(sides, rounds)) {
         const ws = sockets.get(side);
         const todo = Math.min(WS_ROUND, messages - side.ws.length);
         for (let i = 0; i < todo && performance.now() < deadline; i++) {
@@ -354,48 +388,48 @@ async function measureWs(sides, messages, budgetMs) {
 // ---------------------------------------------------------------------------
 // Output
 
-function buildResult(opts, sides, meta, cpu) {
-  const [direct, gateway] = sides;
-  const lat = { direct: summarize(direct.latency), gateway: summarize(gateway.latency) };
-  const rps = (s) => (s.load.ms > 0 ? (s.load.requests * 1000) / s.load.ms : NaN);
-  const thr = {
-    direct: {
-      requests: direct.load.requests,
-      rps: round3(rps(direct)),
-      ...summarize(direct.load.samples),
-    },
-    gateway: {
-      requests: gateway.load.requests,
-      rps: round3(rps(gateway)),
-      ...summarize(gateway.load.samples),
-    },
-  };
-  const ws = { direct: summarize(direct.ws), gateway: summarize(gateway.ws) };
-  const addedP50 = diff(lat.gateway.p50, lat.direct.p50);
-  const thrRatio = ratio(thr.gateway.rps, thr.direct.rps);
+function buildResult(opts, sides, meta) {
+  const rps = (s) => round3(s.load.ms > 0 ? (s.load.requests * 1000) / s.load.ms : NaN);
+  const us = (x) => (x === null ? null : round3(x * 1000));
+  const fig = {};
+  for (const s of sides) {
+    fig[s.name] = {
+      latency_1conn_ms: summarize(s.latency),
+      throughput: { requests: s.load.requests, rps: rps(s), ms: summarize(s.load.samples) },
+      ws_echo_ms: summarize(s.ws),
+      cpu_us_per_request:
+        s.cpu === undefined
+          ? null
+          : {
+              one_connection: us(s.cpu.single.per(s.latency.length)),
+              many_connections: us(s.cpu.many.per(s.load.requests)),
+            },
+    };
+  }
+  const added = (name) => ({
+    latency_p50_ms: diff(fig[name].latency_1conn_ms.p50, fig.direct.latency_1conn_ms.p50),
+    latency_p99_ms: diff(fig[name].latency_1conn_ms.p99, fig.direct.latency_1conn_ms.p99),
+    throughput_ratio: ratio(fig[name].throughput.rps, fig.direct.throughput.rps),
+    ws_p50_ms: diff(fig[name].ws_echo_ms.p50, fig.direct.ws_echo_ms.p50),
+  });
+  const gw = added('gateway');
+  const proxy = added('proxy');
   const targets = {
     throughput_ratio: {
       label: `gateway / direct requests/s at ${opts.connections} connections`,
       op: '>=',
       target: TARGET_THROUGHPUT_RATIO,
-      value: thrRatio,
-      pass: thrRatio !== null && thrRatio >= TARGET_THROUGHPUT_RATIO,
+      value: gw.throughput_ratio,
+      pass: gw.throughput_ratio !== null && gw.throughput_ratio >= TARGET_THROUGHPUT_RATIO,
     },
     added_p50_ms: {
       label: 'added p50 latency at 1 connection (ms)',
       op: '<',
       target: TARGET_ADDED_P50_MS,
-      value: addedP50,
-      pass: addedP50 !== null && addedP50 < TARGET_ADDED_P50_MS,
+      value: gw.latency_p50_ms,
+      pass: gw.latency_p50_ms !== null && gw.latency_p50_ms < TARGET_ADDED_P50_MS,
     },
   };
-  const cpuPerRequestUs = {
-    latency: cpu.latency.per(gateway.latency.length),
-    throughput: cpu.throughput.per(gateway.load.requests),
-  };
-  for (const k of Object.keys(cpuPerRequestUs)) {
-    if (cpuPerRequestUs[k] !== null) cpuPerRequestUs[k] = round3(cpuPerRequestUs[k] * 1000);
-  }
   const json = {
     bench: 'preview-gateway',
     node: process.version,
@@ -406,14 +440,13 @@ function buildResult(opts, sides, meta, cpu) {
     latency_rounds: meta.latencyRounds,
     throughput_slices: meta.slices,
     ws_rounds: meta.wsRounds,
-    latency_1conn_ms: lat,
-    added_p50_ms: addedP50,
-    added_p99_ms: diff(lat.gateway.p99, lat.direct.p99),
-    throughput: thr,
-    throughput_ratio: thrRatio,
-    ws_echo_ms: ws,
-    ws_added_p50_ms: diff(ws.gateway.p50, ws.direct.p50),
-    gateway_cpu_us_per_request: cpuPerRequestUs,
+    direct: fig.direct,
+    gateway: fig.gateway,
+    proxy: fig.proxy,
+    added_by_gateway: gw,
+    added_by_proxy_alone: proxy,
+    // What resolving adds on top of proxying: control plane gateway minus fixed-resolver gateway.
+    resolving_p50_ms: diff(fig.gateway.latency_1conn_ms.p50, fig.proxy.latency_1conn_ms.p50),
     server_rss_mb: meta.serverRssMb,
     targets: Object.fromEntries(
       Object.entries(targets).map(([k, t]) => [
@@ -422,50 +455,66 @@ function buildResult(opts, sides, meta, cpu) {
       ]),
     ),
   };
-  return { lat, thr, ws, addedP50, thrRatio, targets, cpuPerRequestUs, json };
+  return { fig, gw, proxy, targets, json };
 }
 
-function printReport(opts, r, meta) {
+function printReport(opts, sides, r, meta) {
   const lines = [];
   const row = (cells, widths) =>
     cells
       .map((c, i) => (i === 0 ? String(c).padEnd(widths[i]) : String(c).padStart(widths[i])))
       .join('  ');
-  const w = [36, 7, 8, 8, 8, 8, 10];
-  const line = (label, s, extra = '') =>
-    row([label, s.n, fmt(s.p50, 3), fmt(s.p90, 3), fmt(s.p99, 3), fmt(s.mean, 3), extra], w);
+  const w = [40, 7, 8, 8, 8, 8, 9, 9];
+  const line = (label, s, ...extra) =>
+    row([label, s.n, fmt(s.p50, 3), fmt(s.p90, 3), fmt(s.p99, 3), fmt(s.mean, 3), ...extra], w);
+  const cpuOf = (name, which) => fmt(r.fig[name].cpu_us_per_request?.[which] ?? null, 0);
   lines.push('');
   lines.push(
     `preview-gateway  node ${process.version}  ${process.platform}/${process.arch}  ` +
-      `${cpus().length} cpus  sandbox app on 127.0.0.1:${meta.appPort}, gateway on 127.0.0.1:${meta.gatewayPort}`,
+      `${cpus().length} cpus  app 127.0.0.1:${meta.appPort}  gateway 127.0.0.1:${meta.gatewayPort}  ` +
+      `proxy 127.0.0.1:${meta.proxyPort}`,
   );
   lines.push('');
-  lines.push(row(['GET / (ms, client-side)', 'n', 'p50', 'p90', 'p99', 'mean', 'req/s'], w));
-  lines.push(line('1 connection, direct', r.lat.direct));
-  lines.push(line('1 connection, through the gateway', r.lat.gateway));
   lines.push(
-    line(`${opts.connections} connections, direct`, r.thr.direct, fmt(r.thr.direct.rps, 0)),
+    row(['GET / at 1 connection (ms)', 'n', 'p50', 'p90', 'p99', 'mean', '', 'cpu µs'], w),
   );
+  for (const s of sides) {
+    lines.push(line(s.label, r.fig[s.name].latency_1conn_ms, '', cpuOf(s.name, 'one_connection')));
+  }
+  lines.push('');
   lines.push(
-    line(
-      `${opts.connections} connections, through the gateway`,
-      r.thr.gateway,
-      fmt(r.thr.gateway.rps, 0),
+    row(
+      [
+        `GET / at ${opts.connections} connections (ms)`,
+        'n',
+        'p50',
+        'p90',
+        'p99',
+        'mean',
+        'req/s',
+        'cpu µs',
+      ],
+      w,
     ),
   );
+  for (const s of sides) {
+    const t = r.fig[s.name].throughput;
+    lines.push(line(s.label, t.ms, fmt(t.rps, 0), cpuOf(s.name, 'many_connections')));
+  }
   lines.push('');
-  lines.push(row(['WebSocket echo round trip (ms)', 'n', 'p50', 'p90', 'p99', 'mean', ''], w));
-  lines.push(line('direct', r.ws.direct));
-  lines.push(line('through the gateway', r.ws.gateway));
+  lines.push(row(['WebSocket echo round trip (ms)', 'n', 'p50', 'p90', 'p99', 'mean', '', ''], w));
+  for (const s of sides) lines.push(line(s.label, r.fig[s.name].ws_echo_ms, '', ''));
   lines.push('');
+  const addedLine = (what, a) =>
+    `${what}: p50 +${fmt(a.latency_p50_ms, 3)} ms at 1 connection, ` +
+    `throughput ${fmt(a.throughput_ratio, 3)}x of direct at ${opts.connections} connections, ` +
+    `WebSocket echo p50 +${fmt(a.ws_p50_ms, 3)} ms`;
+  lines.push(addedLine('added by the gateway', r.gw));
+  lines.push(addedLine('added by proxying alone', r.proxy));
   lines.push(
-    `added by the gateway: p50 ${fmt(r.addedP50, 3)} ms at 1 connection, ` +
-      `WebSocket echo p50 ${fmt(r.json.ws_added_p50_ms, 3)} ms; ` +
-      `throughput ${fmt(r.thrRatio, 3)}x of direct at ${opts.connections} connections`,
-  );
-  lines.push(
-    `gateway process CPU per proxied request: ${fmt(r.cpuPerRequestUs.latency, 1)} µs at 1 connection, ` +
-      `${fmt(r.cpuPerRequestUs.throughput, 1)} µs at ${opts.connections}; server RSS ${meta.serverRssMb ?? '-'} MB`,
+    `of the gateway's added p50, resolving the sandbox (store + provider) is ` +
+      `${fmt(r.json.resolving_p50_ms, 3)} ms; server RSS ${meta.serverRssMb ?? '-'} MB ` +
+      `(cpu µs = CPU time of the gateway's process per request)`,
   );
   lines.push('');
   for (const t of Object.values(r.targets)) {
@@ -487,18 +536,20 @@ async function main() {
   const mockDir = await mkdtemp(join(tmpdir(), 'stacyvm-bench-mock-'));
   let server;
   let app;
+  let proxy;
   let api;
   const sides = [];
   let cleaning;
-  const cleanup = () => (cleaning ??= cleanupOnce());
   const cleanupOnce = async () => {
     await Promise.all(sides.map((s) => s.close().catch(() => undefined)));
     await api?.pool.close().catch(() => undefined);
     await stopServer(server);
+    await proxy?.stop();
     await app?.stop();
     await rm(workDir, { recursive: true, force: true });
     await rm(mockDir, { recursive: true, force: true });
   };
+  const cleanup = () => (cleaning ??= cleanupOnce());
   let interrupted = false;
   const onSignal = (sig) => {
     interrupted = true;
@@ -510,55 +561,60 @@ async function main() {
 
   try {
     const budgetMs = opts.seconds * 1000;
-    app = await startApp();
+    app = await startHelper('app', 'app.mjs');
+    proxy = await startHelper('fixed-resolver gateway', 'fixed-gateway.mjs', [String(app.port)]);
     const started = await startServer({ workDir, mockDir, cpuProfDir: opts.cpuProfDir });
     server = started.server;
     const gatewayPort = started.gatewayPort;
     api = makeClient(server.address, { connections: 1, server, timeoutMs: REQUEST_TIMEOUT_MS });
     const sb = await api.call('setup', 'POST', '/api/v1/sandboxes', { ports: [app.port] }, 201);
-    const preview = await api.call(
-      'setup',
-      'GET',
-      `/api/v1/sandboxes/${encodeURIComponent(sb.id)}/preview/${app.port}`,
-      undefined,
-      200,
-    );
+    const sbPath = `/api/v1/sandboxes/${encodeURIComponent(sb.id)}`;
+    const preview = await api.call('setup', 'GET', `${sbPath}/preview/${app.port}`, undefined, 200);
     const host = `${app.port}-${sb.id}.localhost:${gatewayPort}`;
     if (preview.url !== `http://${host}`) {
       throw new BenchError(`the preview URL is ${preview.url}, expected http://${host}`);
     }
-    sides.push(makeSide('direct', app.port, undefined, opts.connections));
-    sides.push(makeSide('gateway', gatewayPort, host, opts.connections));
-    // Both sides must get the very same answer from the app.
+    const C = opts.connections;
+    sides.push(makeSide('direct', 'direct to the app', app.port, undefined, undefined, C));
+    sides.push(
+      makeSide('gateway', 'control plane gateway', gatewayPort, host, server.child.pid, C),
+    );
+    sides.push(
+      makeSide(
+        'proxy',
+        'proxy alone (fixed resolver)',
+        proxy.port,
+        `${app.port}-${sb.id}.localhost:${proxy.port}`,
+        proxy.pid,
+        C,
+      ),
+    );
+    // Every side must get the very same answer from the app.
     const body = await get(sides[0], sides[0].single);
-    await get(sides[1], sides[1].single, body);
+    for (const side of sides) await get(side, side.single, body);
 
-    const cpu = { latency: cpuMeter(server.child.pid), throughput: cpuMeter(server.child.pid) };
-    await warmUp(sides, body, budgetMs * 0.1, opts.connections);
-    const latencyRounds = await measureLatency(sides, body, opts.iterations, budgetMs * 0.3, cpu);
-    const slices = await measureThroughput(
-      sides,
-      body,
-      opts.connections,
-      opts.requests,
-      budgetMs * 0.4,
-      cpu,
-    );
-    const wsRounds = await measureWs(sides, opts.wsMessages, budgetMs * 0.2);
+    await warmUp(sides, body, budgetMs * 0.1, C);
+    const latencyRounds = await measureLatency(sides, body, opts.iterations, budgetMs * 0.3);
+    const slices = await measureThroughput(sides, body, C, opts.requests, budgetMs * 0.45);
+    const wsRounds = await measureWs(sides, opts.wsMessages, budgetMs * 0.15);
     const serverRssMb = rssMb(server.child.pid) ?? null;
-    if (app.exited) throw new BenchError(`the app exited during the run (${app.exitInfo})`);
-    await api.call(
-      'setup',
-      'DELETE',
-      `/api/v1/sandboxes/${encodeURIComponent(sb.id)}`,
-      undefined,
-      200,
-    );
+    for (const h of [app, proxy]) {
+      if (h.exited) throw new BenchError(`the ${h.name} exited during the run (${h.exitInfo})`);
+    }
+    await api.call('setup', 'DELETE', sbPath, undefined, 200);
 
-    const meta = { latencyRounds, slices, wsRounds, serverRssMb, appPort: app.port, gatewayPort };
-    const result = buildResult(opts, sides, meta, cpu);
+    const meta = {
+      latencyRounds,
+      slices,
+      wsRounds,
+      serverRssMb,
+      appPort: app.port,
+      gatewayPort,
+      proxyPort: proxy.port,
+    };
+    const result = buildResult(opts, sides, meta);
     await cleanup();
-    printReport(opts, result, meta);
+    printReport(opts, sides, result, meta);
     if (opts.cpuProfDir !== undefined) {
       process.stdout.write(`server CPU profile written to ${opts.cpuProfDir}\n`);
     }
@@ -566,8 +622,9 @@ async function main() {
     process.exitCode = 1;
     if (interrupted) return;
     process.stderr.write(`preview-gateway: ${err instanceof Error ? err.message : String(err)}\n`);
-    if (!(err instanceof BenchError) && err instanceof Error)
+    if (!(err instanceof BenchError) && err instanceof Error) {
       process.stderr.write(`${err.stack}\n`);
+    }
     if (server !== undefined && server.tail.length > 0) {
       process.stderr.write(`last server output:\n${server.tail.slice(-15).join('\n')}\n`);
     }

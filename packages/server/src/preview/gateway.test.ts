@@ -241,6 +241,97 @@ describe('preview gateway on the control plane (public previews)', () => {
     expect(noHost).toMatch(/^HTTP\/1\.1 400 /);
   });
 
+  it('refuses obs-fold, disguised Transfer-Encoding, repeated or listed Content-Length and bare LF with 400, forwarding nothing', async () => {
+    const cases: Record<string, string> = {
+      // A folded header line (obs-fold), harmless header and Transfer-Encoding alike.
+      'fold-header': `GET /bad-fold-header HTTP/1.1\r\nHost: ${host}\r\nX-Folded: one\r\n two\r\nConnection: close\r\n\r\n`,
+      'fold-te': `POST /bad-fold-te HTTP/1.1\r\nHost: ${host}\r\nContent-Length: 4\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\nGET /smuggled-fold-te HTTP/1.1\r\nHost: ${host}\r\n\r\n`,
+      // TE before CL (TE.CL), a TE list, an unknown coding, whitespace before the colon.
+      'te-cl': `POST /bad-te-cl HTTP/1.1\r\nHost: ${host}\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\nGET /smuggled-te-cl HTTP/1.1\r\nHost: ${host}\r\n\r\n`,
+      'te-list': `POST /bad-te-list HTTP/1.1\r\nHost: ${host}\r\nTransfer-Encoding: chunked, identity\r\nConnection: close\r\n\r\n0\r\n\r\n`,
+      'te-unknown': `POST /bad-te-unknown HTTP/1.1\r\nHost: ${host}\r\nTransfer-Encoding: xchunked\r\nContent-Length: 4\r\nConnection: close\r\n\r\nabcd`,
+      'te-space': `POST /bad-te-space HTTP/1.1\r\nHost: ${host}\r\nTransfer-Encoding : chunked\r\nContent-Length: 4\r\nConnection: close\r\n\r\nabcd`,
+      'te-http10': `POST /bad-te-http10 HTTP/1.0\r\nHost: ${host}\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\nGET /smuggled-te-http10 HTTP/1.1\r\nHost: ${host}\r\n\r\n`,
+      // Content-Length twice with the same value, as a list, with a sign.
+      'cl-same-twice': `POST /bad-cl-same-twice HTTP/1.1\r\nHost: ${host}\r\nContent-Length: 4\r\nContent-Length: 4\r\nConnection: close\r\n\r\nabcd`,
+      'cl-list': `POST /bad-cl-list HTTP/1.1\r\nHost: ${host}\r\nContent-Length: 4, 4\r\nConnection: close\r\n\r\nabcd`,
+      'cl-plus': `POST /bad-cl-plus HTTP/1.1\r\nHost: ${host}\r\nContent-Length: +4\r\nConnection: close\r\n\r\nabcd`,
+      // Chunk sizes a lenient parser might read differently.
+      'chunk-0x': `POST /bad-chunk-0x HTTP/1.1\r\nHost: ${host}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0x4\r\nabcd\r\n0\r\n\r\n`,
+      'chunk-ext-lf': `POST /bad-chunk-ext-lf HTTP/1.1\r\nHost: ${host}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n4;a\nb\r\nabcd\r\n0\r\n\r\n`,
+      // Bare LF line ends, a NUL in a value, a space in a name, a space before the Host colon.
+      'bare-lf': `GET /bad-bare-lf HTTP/1.1\nHost: ${host}\nConnection: close\n\n`,
+      'nul-value': `GET /bad-nul-value HTTP/1.1\r\nHost: ${host}\r\nX-A: a\u0000b\r\nConnection: close\r\n\r\n`,
+      'space-name': `GET /bad-space-name HTTP/1.1\r\nHost: ${host}\r\nX A: b\r\nConnection: close\r\n\r\n`,
+      'host-space': `GET /bad-host-space HTTP/1.1\r\nHost : ${host}\r\nConnection: close\r\n\r\n`,
+    };
+    for (const [name, text] of Object.entries(cases)) {
+      const answer = await rawCall(gw, text);
+      expect(answer, name).toMatch(/^HTTP\/1\.1 400 /);
+      expect(answer.match(/HTTP\/1\.1 \d{3} /g), name).toHaveLength(1);
+    }
+    const reached = up.seen.filter((s) => /^\/(bad|smuggled)-/.test(s.url)).map((s) => s.url);
+    expect(reached).toEqual([]);
+  });
+
+  it('passes a chunked body that looks like a request to the sandbox as body bytes, re-framed', async () => {
+    const inner = `GET /smuggled-in-body HTTP/1.1\r\nHost: ${host}\r\n\r\n`;
+    const size = Buffer.byteLength(inner).toString(16);
+    const answer = await rawCall(
+      gw,
+      `POST /echo-chunked HTTP/1.1\r\nHost: ${host}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n${size}\r\n${inner}\r\n0\r\n\r\n`,
+    );
+    expect(answer).toMatch(/^HTTP\/1\.1 200 /);
+    expect(answer.match(/HTTP\/1\.1 \d{3} /g)).toHaveLength(1);
+    expect(up.seen.some((s) => s.url === '/smuggled-in-body')).toBe(false);
+    const seen = up.seen.filter((s) => s.url === '/echo-chunked');
+    expect(seen).toHaveLength(1);
+    expect(seen[0]?.headers['transfer-encoding']).toBe('chunked');
+  });
+
+  it('refuses a request with two Host headers with 400, whichever one names a sandbox', async () => {
+    for (const [first, second] of [
+      [host, `${up.port}-sb-deadbeef.localhost`],
+      ['somewhere.example', host],
+      [host, host],
+    ]) {
+      const answer = await rawCall(
+        gw,
+        `GET /bad-two-hosts HTTP/1.1\r\nHost: ${first}\r\nHost: ${second}\r\nConnection: close\r\n\r\n`,
+      );
+      expect(answer).toMatch(/^HTTP\/1\.1 400 /);
+      expect(answer).toMatch(/x-stacyvm-preview-error: malformed/i);
+    }
+    // The same for a WebSocket upgrade.
+    const upgrade = await rawCall(
+      gw,
+      `GET /bad-two-hosts HTTP/1.1\r\nHost: ${host}\r\nHost: ${up.port}-sb-deadbeef.localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`,
+    );
+    expect(upgrade).toMatch(/^HTTP\/1\.1 400 /);
+    expect(up.seen.some((s) => s.url === '/bad-two-hosts')).toBe(false);
+  });
+
+  it('refuses a WebSocket upgrade to another tenant’s sandbox with 404', async () => {
+    const res = await h.request({
+      method: 'POST',
+      url: '/api/v1/sandboxes',
+      body: { provider: 'mock', ports: [up.port] },
+      headers: { 'x-tenant-id': 'tenant-ws-a' },
+    });
+    const tenantBox = res.json<{ id: string }>().id;
+    const tHost = `${up.port}-${tenantBox}.localhost:${gw}`;
+    await expect(
+      openWs(gw, tHost, '/ws-other-tenant', { 'x-tenant-id': 'tenant-ws-b' }),
+    ).rejects.toMatchObject({ status: 404 });
+    expect(up.seen.some((s) => s.url === '/ws-other-tenant')).toBe(false);
+    const own = await openWs(gw, tHost, '/ws-own-tenant', { 'x-tenant-id': 'tenant-ws-a' });
+    try {
+      expect(await own.next()).toBe('hello from upstream');
+    } finally {
+      own.ws.close();
+    }
+  });
+
   it('extends the sandbox expiry on preview traffic, up to extend_ttl_on_traffic', async () => {
     const box = await h.spawn({ provider: 'mock', ports: [up.port], ttl: '2m' });
     const before = (await h.cp.store.sandboxes.get(box))!.expiresAtMs;
@@ -361,6 +452,29 @@ describe('private previews', () => {
     expect(up.seen.some((s) => s.url === '/echo' && s.headers['host'] === host)).toBe(false);
   });
 
+  it('refuses a token of one sandbox on the Host of another, by header, cookie or query', async () => {
+    const other = await h.spawn({ provider: 'mock', ports: [up.port] });
+    const otherHost = `${up.port}-${other}.localhost:${gw}`;
+    const byHeader = await httpCall(gw, otherHost, '/cross-sandbox', {
+      headers: { 'x-stacyvm-preview-token': token },
+    });
+    expect(byHeader.status).toBe(401);
+    const byCookie = await httpCall(gw, otherHost, '/cross-sandbox', {
+      headers: { cookie: `stacyvm_preview_token=${token}` },
+    });
+    expect(byCookie.status).toBe(401);
+    const byQuery = await httpCall(
+      gw,
+      otherHost,
+      `/cross-sandbox?stacyvm_preview_token=${encodeURIComponent(token)}`,
+    );
+    expect(byQuery.status).toBe(401);
+    await expect(
+      openWs(gw, otherHost, '/cross-sandbox', { 'x-stacyvm-preview-token': token }),
+    ).rejects.toMatchObject({ status: 401 });
+    expect(up.seen.some((s) => s.url.startsWith('/cross-sandbox'))).toBe(false);
+  });
+
   it('accepts the token in the X-StacyVM-Preview-Token header and does not pass it on', async () => {
     const r = await httpCall(gw, host, '/echo', { headers: { 'x-stacyvm-preview-token': token } });
     expect(r.status).toBe(200);
@@ -478,6 +592,151 @@ describe('preview gateway connection limits', () => {
       expect(r.status).toBe(200);
     } finally {
       for (const s of sockets) s.destroy();
+      await gateway.close(0);
+      await up.close();
+    }
+  }, 30_000);
+
+  it('holds 1,000 idle keep-alive connections under the limit without trouble, and releases their fds when clients close', async () => {
+    const up = await startUpstream();
+    const gateway = createPreviewGateway({
+      domains: () => ['localhost'],
+      resolve: async () => ({ kind: 'direct', host: '127.0.0.1', port: up.port }),
+      publicScheme: 'http',
+      maxConnections: 4096,
+      headersTimeoutMs: 30_000,
+      keepAliveTimeoutMs: 30_000,
+      connectionsCheckingIntervalMs: 100,
+      logger: silentLogger,
+    });
+    const { port } = await gateway.listen('127.0.0.1', 0);
+    const host = `${up.port}-sb-0123abcd.localhost`;
+    const connections = (): Promise<number> =>
+      new Promise<number>((r, j) =>
+        gateway.server.getConnections((err, n) => (err ? j(err) : r(n))),
+      );
+    const baseline = openFds();
+    const sockets: Socket[] = [];
+    try {
+      // Each connection makes one keep-alive request, reads the answer, then sits idle. In
+      // batches of 100, so the gateway's upstream pool stays small (fds: 2 per client here).
+      const statuses: string[] = [];
+      for (let batch = 0; batch < 10; batch++) {
+        const answers = await Promise.all(
+          Array.from({ length: 100 }, () => {
+            return new Promise<string>((resolve) => {
+              const s = connect(port, '127.0.0.1', () =>
+                s.write(`GET /echo/idle HTTP/1.1\r\nHost: ${host}\r\n\r\n`),
+              );
+              sockets.push(s);
+              s.on('error', () => resolve('error'));
+              s.once('data', (d: Buffer) => resolve(d.toString('latin1').slice(0, 12)));
+              s.once('close', () => resolve('closed'));
+            });
+          }),
+        );
+        statuses.push(...answers);
+      }
+      expect(statuses.filter((x) => x !== 'HTTP/1.1 200')).toEqual([]);
+      expect(await connections()).toBe(1_000);
+      // Idle, not dropped: a second request on an old connection still works.
+      const again = await new Promise<string>((resolve) => {
+        const s = sockets[0];
+        s?.once('data', (d: Buffer) => resolve(d.toString('latin1').slice(0, 12)));
+        s?.write(`GET /echo/again HTTP/1.1\r\nHost: ${host}\r\n\r\n`);
+      });
+      expect(again).toBe('HTTP/1.1 200');
+      expect(openFds()).toBeGreaterThan(baseline + 1_900);
+
+      for (const s of sockets) s.destroy();
+      const deadline = Date.now() + 10_000;
+      let open = await connections();
+      while (open > 0 && Date.now() < deadline) {
+        await sleep(50);
+        open = await connections();
+      }
+      expect(open).toBe(0);
+      // What stays is the gateway's pool of idle upstream connections (at most 256, both ends here).
+      expect(openFds()).toBeLessThan(baseline + 2 * 256 + 40);
+      const r = await httpCall(port, host, '/echo/after');
+      expect(r.status).toBe(200);
+    } finally {
+      for (const s of sockets) s.destroy();
+      await gateway.close(0);
+      await up.close();
+    }
+    await sleep(100);
+    expect(openFds()).toBeLessThan(baseline + 20);
+  }, 60_000);
+
+  it('answers slowloris clients (headers dripped byte by byte) with 408 within the header timeout, serving others meanwhile', async () => {
+    const up = await startUpstream();
+    const headersTimeoutMs = 800;
+    const gateway = createPreviewGateway({
+      domains: () => ['localhost'],
+      resolve: async () => ({ kind: 'direct', host: '127.0.0.1', port: up.port }),
+      publicScheme: 'http',
+      headersTimeoutMs,
+      connectionsCheckingIntervalMs: 50,
+      logger: silentLogger,
+    });
+    const { port } = await gateway.listen('127.0.0.1', 0);
+    const host = `${up.port}-sb-0123abcd.localhost`;
+    /** Sends `first` at once, then `drip` one byte every 40 ms; resolves when the gateway closes. */
+    const slowClient = (
+      first: string,
+      drip: string,
+    ): Promise<{ ms: number; closedAt: number; out: string }> =>
+      new Promise((resolve) => {
+        const started = Date.now();
+        let out = '';
+        let timer: NodeJS.Timeout | undefined;
+        const s = connect(port, '127.0.0.1', () => {
+          s.write(first);
+          let i = 0;
+          timer = setInterval(() => {
+            if (i < drip.length && !s.destroyed) s.write(drip.charAt(i++));
+          }, 40);
+        });
+        const guard = setTimeout(() => s.destroy(), 10_000);
+        s.on('data', (d: Buffer) => (out += d.toString('latin1')));
+        s.on('error', () => undefined);
+        s.once('close', () => {
+          clearInterval(timer);
+          clearTimeout(guard);
+          resolve({ ms: Date.now() - started, closedAt: Date.now(), out });
+        });
+      });
+    const slowHeader = `X-Slow: ${'a'.repeat(400)}\r\n\r\n`;
+    try {
+      const attack = Promise.all([
+        ...Array.from({ length: 50 }, () =>
+          slowClient(`GET /slow HTTP/1.1\r\nHost: ${host}\r\n`, slowHeader),
+        ),
+        // A kept-alive connection whose second request is the slow one.
+        slowClient(
+          `GET /echo/first HTTP/1.1\r\nHost: ${host}\r\n\r\n`,
+          `GET /slow HTTP/1.1\r\nHost: ${host}\r\n${slowHeader}`,
+        ),
+        // A WebSocket upgrade whose headers drip.
+        slowClient(`GET /slow HTTP/1.1\r\nHost: ${host}\r\nUpgrade: websocket\r\n`, slowHeader),
+      ]);
+      await sleep(200);
+      // Meanwhile a normal client is served, before any slow client is let go.
+      expect((await httpCall(port, host, '/echo/meanwhile')).status).toBe(200);
+      const servedAt = Date.now();
+      const results = await attack;
+      expect(servedAt).toBeLessThan(Math.min(...results.map((r) => r.closedAt)));
+      for (const r of results) {
+        expect(r.out).toMatch(/HTTP\/1\.1 408 Request Timeout\r\n/);
+        expect(r.out).toMatch(/x-stacyvm-preview-error: request_timeout/i);
+        // Closed by the header timeout (plus one check interval and scheduling slack), not later.
+        expect(r.ms).toBeGreaterThanOrEqual(headersTimeoutMs - 100);
+        expect(r.ms).toBeLessThan(headersTimeoutMs + 1_500);
+      }
+      expect(results.at(-2)?.out).toMatch(/^HTTP\/1\.1 200 /);
+      expect(up.seen.some((s) => s.url === '/slow')).toBe(false);
+    } finally {
       await gateway.close(0);
       await up.close();
     }

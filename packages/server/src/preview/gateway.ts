@@ -180,20 +180,48 @@ function wantsJson(req: IncomingMessage): boolean {
   return accept.includes('application/json') && !accept.includes('text/html');
 }
 
+const NO_TOKENS: ReadonlySet<string> = new Set<string>();
+
 /** Connection tokens named in a Connection header, lower case. */
-function connectionTokens(headers: IncomingHttpHeaders): Set<string> {
-  const raw = headers.connection ?? '';
-  return new Set(
-    raw
-      .split(',')
-      .map((t) => t.trim().toLowerCase())
-      .filter((t) => t !== ''),
-  );
+function connectionTokens(headers: IncomingHttpHeaders): ReadonlySet<string> {
+  const raw = headers.connection;
+  if (raw === undefined || raw === '') return NO_TOKENS;
+  return tokensOf([raw]);
+}
+
+/** Connection tokens of every Connection line of a raw header list, lower case. */
+function rawConnectionTokens(raw: readonly string[]): ReadonlySet<string> {
+  let values: string[] | undefined;
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = raw[i] ?? '';
+    if (name.length === 10 && name.toLowerCase() === 'connection') {
+      (values ??= []).push(raw[i + 1] ?? '');
+    }
+  }
+  return values === undefined ? NO_TOKENS : tokensOf(values);
+}
+
+function tokensOf(values: readonly string[]): ReadonlySet<string> {
+  const out = new Set<string>();
+  for (const v of values) {
+    for (const t of v.split(',')) {
+      const token = t.trim().toLowerCase();
+      if (token !== '') out.add(token);
+    }
+  }
+  return out;
 }
 
 function single(v: string | string[] | undefined): string | undefined {
   const s = Array.isArray(v) ? v[0] : v;
   return s === undefined || s.trim() === '' ? undefined : s.trim();
+}
+
+/** How many times a header (lower-case name) occurs in a raw header list. */
+function headerCount(raw: readonly string[], name: string): number {
+  let n = 0;
+  for (let i = 0; i < raw.length; i += 2) if (raw[i]?.toLowerCase() === name) n += 1;
+  return n;
 }
 
 function hasBody(req: IncomingMessage): boolean {
@@ -231,6 +259,11 @@ const STATUS_TEXT: Record<number, string> = {
   504: 'Gateway Timeout',
   508: 'Loop Detected',
 };
+
+/** The upstream request a client request currently waits on (a retry replaces it). */
+interface InFlight {
+  preq: ClientRequest | undefined;
+}
 
 /** What the gateway decided about a request before proxying it. */
 interface Admitted {
@@ -371,6 +404,15 @@ class Gateway implements PreviewGateway {
     const url = req.url ?? '';
     if (!url.startsWith('/')) {
       return fail(400, 'bad_request_target', 'Bad request', 'The request target must be a path.');
+    }
+    if (headerCount(req.rawHeaders, 'host') > 1) {
+      // RFC 9112 §3.2: a proxy in front may have routed by another of them.
+      return fail(
+        400,
+        'malformed',
+        'Bad preview address',
+        'The request has more than one Host header.',
+      );
     }
     const hostHeader = single(req.headers.host);
     const parsed = parsePreviewHost(hostHeader, this.o.domains());
@@ -558,8 +600,13 @@ class Gateway implements PreviewGateway {
       return;
     }
     const ac = new AbortController();
+    // One listener for the request's whole life: a client that goes away aborts the
+    // resolution, then the upstream request in flight (retries included).
+    const flight: InFlight = { preq: undefined };
     res.once('close', () => {
-      if (!res.writableFinished) ac.abort(new Error('client went away'));
+      if (res.writableFinished) return;
+      ac.abort(new Error('client went away'));
+      flight.preq?.destroy();
     });
     const up = await this.resolveUpstream(a, ac.signal);
     if (ac.signal.aborted) return;
@@ -567,7 +614,7 @@ class Gateway implements PreviewGateway {
       this.page(req, res, up);
       return;
     }
-    this.forward(req, res, a, up, true);
+    this.forward(req, res, a, up, flight, true);
   }
 
   private forward(
@@ -575,25 +622,22 @@ class Gateway implements PreviewGateway {
     res: ServerResponse,
     a: Admitted,
     up: PreviewUpstream,
+    flight: InFlight,
     mayRetry: boolean,
   ): void {
     const opts = this.requestOptions(req, a, up, false);
     const preq: ClientRequest = opts.https ? httpsRequest(opts.options) : httpRequest(opts.options);
+    flight.preq = preq;
     let answered = false;
     let connected = false;
     const timer = setTimeout(() => {
+      // Whether the upstream accepted the connection decides the answer (504 or 502).
+      const s = preq.socket;
+      connected = s !== null && !s.connecting;
       preq.destroy(
         Object.assign(new Error('upstream timeout'), { code: 'STACYVM_UPSTREAM_TIMEOUT' }),
       );
     }, this.upstreamTimeoutMs);
-    preq.once('socket', (s: Socket) => {
-      if (!s.connecting) connected = true;
-      else s.once('connect', () => (connected = true));
-    });
-    const onClientClose = (): void => {
-      if (!res.writableFinished) preq.destroy();
-    };
-    res.once('close', onClientClose);
 
     preq.once('response', (pres: IncomingMessage) => {
       answered = true;
@@ -604,12 +648,12 @@ class Gateway implements PreviewGateway {
       }
       res.writeHead(pres.statusCode ?? 502, pres.statusMessage, this.responseHeaders(pres));
       pres.pipe(res);
+      // A premature end of the upstream response is an error here ('aborted' comes first).
       pres.once('error', () => res.destroy());
-      pres.once('aborted', () => res.destroy());
     });
     preq.once('error', (err: Error) => {
       clearTimeout(timer);
-      res.off('close', onClientClose);
+      flight.preq = undefined;
       if (answered || res.headersSent) {
         res.destroy();
         return;
@@ -623,7 +667,7 @@ class Gateway implements PreviewGateway {
         IDEMPOTENT.has(req.method ?? '') &&
         (code === 'ECONNRESET' || code === 'EPIPE');
       if (retry) {
-        this.forward(req, res, a, up, false);
+        this.forward(req, res, a, up, flight, false);
         return;
       }
       this.page(req, res, this.upstreamFailure(a, up, code, connected));
@@ -788,8 +832,8 @@ class Gateway implements PreviewGateway {
   /** Upstream response headers without hop-by-hop ones, duplicates kept (flat raw form). */
   private responseHeaders(pres: IncomingMessage): string[] {
     const out: string[] = [];
-    const dropped = connectionTokens(pres.headers);
     const raw = pres.rawHeaders;
+    const dropped = rawConnectionTokens(raw);
     for (let i = 0; i + 1 < raw.length; i += 2) {
       const name = raw[i] ?? '';
       const lower = name.toLowerCase();
