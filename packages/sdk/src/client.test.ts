@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { Client, spawnBody } from './client.js';
 import { RequestTimeoutError } from './errors.js';
 import { execBody, modeString } from './sandbox.js';
-import { templateBody } from './templates.js';
+import { templateBody, templateSpawnBody } from './templates.js';
 
 describe('request bodies', () => {
   it('spawnBody maps both option spellings to the wire names and omits the rest', () => {
@@ -40,25 +40,68 @@ describe('request bodies', () => {
     expect(() => modeString(0o10000)).toThrow(RangeError);
   });
 
-  it('templateBody uses the server field names (cpu_cores, ttl_seconds)', () => {
+  it('templateBody uses the server field names and maps the 0.1 names', () => {
     expect(templateBody({ name: 'n', image: 'i', vcpus: 2, ttl: '5m', memoryMb: 256 })).toEqual({
       name: 'n',
       image: 'i',
       cpu_cores: 2,
-      ttl_seconds: 300,
+      ttl: '5m',
       memory_mb: 256,
+    });
+    expect(templateBody({ name: 'n', image: 'i', ttl: 90_000, setupCommands: ['a'] })).toEqual({
+      name: 'n',
+      image: 'i',
+      ttl: '90s',
+      setup: ['a'],
     });
     expect(
       templateBody({
         name: 'n',
         image: 'i',
+        provider: 'mock',
+        description: 'd',
         cpu_cores: 4,
+        vcpus: 1,
         ttl_seconds: 9,
+        ttl: '1h',
         setup: ['x'],
-        pool_size: 1,
+        env: { A: '1' },
+        metadata: { k: 'v' },
+        ports: [80],
       }),
-    ).toEqual({ name: 'n', image: 'i', cpu_cores: 4, ttl_seconds: 9, setup: ['x'], pool_size: 1 });
-    expect(() => templateBody({ name: 'n', image: 'i', ttl: 'forever' })).toThrow(TypeError);
+    ).toEqual({
+      name: 'n',
+      image: 'i',
+      provider: 'mock',
+      description: 'd',
+      cpu_cores: 4,
+      ttl_seconds: 9,
+      setup: ['x'],
+      env: { A: '1' },
+      metadata: { k: 'v' },
+      ports: [80],
+    });
+    expect(() => templateBody({ name: 'n', image: 'i', ttl: -1 })).toThrow(RangeError);
+  });
+
+  it('templateSpawnBody sends only the overrides given', () => {
+    expect(templateSpawnBody()).toEqual({});
+    expect(
+      templateSpawnBody({
+        ttl: 300_000,
+        owner_id: 'b',
+        ownerId: 'a',
+        provider: 'mock',
+        metadata: { m: '1' },
+        env: { E: '2' },
+      }),
+    ).toEqual({
+      ttl: '300s',
+      owner_id: 'a',
+      provider: 'mock',
+      metadata: { m: '1' },
+      env: { E: '2' },
+    });
   });
 });
 

@@ -56,7 +56,7 @@ export function spawnBody(opts: SpawnOptions = {}): Record<string, unknown> {
  * ```
  */
 export class Client {
-  /** Template operations (placeholder until the server serves `/templates`). */
+  /** Template operations: CRUD and spawn-from-template (`/templates`). */
   readonly templates: TemplateManager;
   private readonly http: Transport;
 

@@ -86,7 +86,7 @@ export interface SpawnOptions {
   ownerId?: string;
   /** Same as `ownerId` (the wire and 0.1 SDK name). */
   owner_id?: string;
-  /** Accepted and ignored by the server. */
+  /** Accepted and ignored by `POST /sandboxes`: spawn from a template with `client.templates.spawn(name)`. */
   template?: string;
   /** String key-value pairs, at most 64. */
   metadata?: Record<string, string>;

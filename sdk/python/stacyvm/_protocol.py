@@ -456,12 +456,25 @@ def template_delete_call(name: str) -> Call:
     return Call("DELETE", _tpl(name), expect="none")
 
 
-def template_spawn_call(name: str, provider: Optional[str], ttl: Any) -> Call:
+def template_spawn_call(
+    name: str,
+    provider: Optional[str] = None,
+    ttl: Any = None,
+    owner_id: Optional[str] = None,
+    metadata: Optional[Dict[str, str]] = None,
+    env: Optional[Dict[str, str]] = None,
+) -> Call:
     body: Dict[str, Any] = {}
     if provider is not None:
         body["provider"] = provider
     if ttl is not None:
         body["ttl"] = to_go_duration(ttl)
+    if owner_id is not None:
+        body["owner_id"] = owner_id
+    if metadata is not None:
+        body["metadata"] = dict(metadata)
+    if env is not None:
+        body["env"] = dict(env)
     return Call("POST", _tpl(name, "/spawn"), json_body=body)
 
 

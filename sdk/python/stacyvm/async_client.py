@@ -119,9 +119,19 @@ class AsyncClient:
     async def prune(self) -> int:
         return pruned(await self._http.request(p.prune_call()))
 
-    async def spawn_template(self, template_name: str, provider: Optional[str] = None, ttl: Any = None) -> AsyncSandbox:
-        """NOTE: the server has no templates yet (NotFound)."""
-        return await self.templates.spawn(template_name, provider=provider, ttl=ttl)
+    async def spawn_template(
+        self,
+        template_name: str,
+        provider: Optional[str] = None,
+        ttl: Any = None,
+        owner_id: Optional[str] = None,
+        metadata: Optional[Dict[str, str]] = None,
+        env: Optional[Dict[str, str]] = None,
+    ) -> AsyncSandbox:
+        """Spawns from a template; same as ``templates.spawn``."""
+        return await self.templates.spawn(
+            template_name, provider=provider, ttl=ttl, owner_id=owner_id, metadata=metadata, env=env
+        )
 
     async def health(self) -> Dict[str, Any]:
         return p.expect_type(await self._http.request(p.simple_get("/health")), dict, "a health object")

@@ -82,7 +82,7 @@ class Client:
         """Creates a sandbox. Omitted fields take the server's defaults
         (``defaults.image``, ``defaults.ttl``...). ``ttl`` is a Go duration
         (``"10m"``), seconds, or a timedelta. ``template`` is accepted and ignored
-        by the server."""
+        by the server (spawn from a template with ``templates.spawn(name)``)."""
         call = p.spawn_call(
             image=image,
             provider=provider,
@@ -134,9 +134,19 @@ class Client:
         """Destroys every sandbox past its expiry; returns how many."""
         return pruned(self._http.request(p.prune_call()))
 
-    def spawn_template(self, template_name: str, provider: Optional[str] = None, ttl: Any = None) -> Sandbox:
-        """Spawns from a template. NOTE: the server has no templates yet (NotFound)."""
-        return self.templates.spawn(template_name, provider=provider, ttl=ttl)
+    def spawn_template(
+        self,
+        template_name: str,
+        provider: Optional[str] = None,
+        ttl: Any = None,
+        owner_id: Optional[str] = None,
+        metadata: Optional[Dict[str, str]] = None,
+        env: Optional[Dict[str, str]] = None,
+    ) -> Sandbox:
+        """Spawns from a template; same as ``templates.spawn``."""
+        return self.templates.spawn(
+            template_name, provider=provider, ttl=ttl, owner_id=owner_id, metadata=metadata, env=env
+        )
 
     # -- system ---------------------------------------------------------------------------
 

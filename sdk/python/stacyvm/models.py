@@ -186,29 +186,35 @@ class QuotaSummary:
 
 @dataclass
 class Template:
-    """A sandbox template, with the server's field names (``cpu_cores``, ``ttl_seconds``).
+    """A sandbox template, with the server's field names (``cpu_cores``, ``ttl_seconds``, ``setup``).
 
-    The Go SDK sent ``vcpus``/``ttl``, which the server ignored; ``vcpus`` and
-    ``ttl`` remain as properties mapped onto the server fields, and a Go
-    duration string given positionally as the fifth argument (the Go SDK's
-    ``ttl``) is converted to seconds.
+    Build one to create or replace a template; the server's answers come back
+    as ``Template`` too. Fields left ``None`` take the server's defaults
+    (``defaults.memory_mb``, ``defaults.vcpus``, ``defaults.ttl``, ports
+    ``[3000]``). ``vcpus`` and ``ttl`` (the Go SDK's names) are properties over
+    ``cpu_cores`` and ``ttl_seconds``; a Go duration string given as
+    ``ttl_seconds`` (e.g. positionally, as the Go SDK's fifth argument
+    ``ttl``) is converted to whole seconds.
 
-    NOTE: this server does not implement templates yet; every template call
-    raises :class:`stacyvm.NotFound`.
+    A spawn from the template applies every field: image, provider, resources,
+    TTL, ports, metadata (plus ``template: <name>``), ``env`` as the default
+    environment of every exec, and ``setup`` commands run in order before the
+    spawn answers.
     """
 
     name: str
     image: str
-    memory_mb: int = 512
-    cpu_cores: int = 1
-    ttl_seconds: int = 300
-    version: int = 1
+    memory_mb: Optional[int] = None
+    cpu_cores: Optional[int] = None
+    ttl_seconds: Optional[int] = None
+    provider: str = ""
+    metadata: Dict[str, str] = field(default_factory=dict)
     description: str = ""
-    setup: List[str] = field(default_factory=list)
-    allowed_hosts: List[str] = field(default_factory=list)
     env: Dict[str, str] = field(default_factory=dict)
-    secrets: List[Dict[str, Any]] = field(default_factory=list)
-    pool_size: int = 0
+    setup: List[str] = field(default_factory=list)
+    ports: Optional[List[int]] = None
+    #: Set by the server: 1 at creation, +1 on every update.
+    version: int = 0
     created_at: str = ""
     updated_at: str = ""
     raw: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -218,21 +224,23 @@ class Template:
             from stacyvm._protocol import parse_go_duration
 
             secs = parse_go_duration(self.ttl_seconds)
-            if secs is None:
-                raise ValueError(f"invalid ttl {self.ttl_seconds!r}: use Go syntax such as 30m")
-            self.ttl_seconds = int(round(secs))
+            if secs is None or secs <= 0 or not float(secs).is_integer():
+                raise ValueError(
+                    f"invalid ttl {self.ttl_seconds!r}: use a positive whole number of seconds in Go syntax, such as 30m"
+                )
+            self.ttl_seconds = int(secs)
 
     @property
-    def vcpus(self) -> int:
+    def vcpus(self) -> Optional[int]:
         return self.cpu_cores
 
     @vcpus.setter
-    def vcpus(self, value: int) -> None:
+    def vcpus(self, value: Optional[int]) -> None:
         self.cpu_cores = value
 
     @property
-    def ttl(self) -> str:
-        return f"{self.ttl_seconds}s"
+    def ttl(self) -> Optional[str]:
+        return None if self.ttl_seconds is None else f"{self.ttl_seconds}s"
 
     @ttl.setter
     def ttl(self, value: str) -> None:
@@ -240,47 +248,50 @@ class Template:
         self.__post_init__()
 
     def to_dict(self) -> Dict[str, Any]:
-        """The request body for ``POST``/``PUT /templates``."""
-        body: Dict[str, Any] = {
-            "name": self.name,
-            "image": self.image,
-            "version": self.version,
-            "memory_mb": self.memory_mb,
-            "cpu_cores": self.cpu_cores,
-            "ttl_seconds": self.ttl_seconds,
-            "pool_size": self.pool_size,
-        }
+        """The request body for ``POST``/``PUT /templates`` (``None`` fields left out)."""
+        body: Dict[str, Any] = {"name": self.name, "image": self.image}
+        if self.provider:
+            body["provider"] = self.provider
         if self.description:
             body["description"] = self.description
-        if self.setup:
-            body["setup"] = list(self.setup)
-        if self.allowed_hosts:
-            body["allowed_hosts"] = list(self.allowed_hosts)
+        if self.memory_mb is not None:
+            body["memory_mb"] = self.memory_mb
+        if self.cpu_cores is not None:
+            body["cpu_cores"] = self.cpu_cores
+        if self.ttl_seconds is not None:
+            body["ttl_seconds"] = self.ttl_seconds
         if self.env:
             body["env"] = dict(self.env)
-        if self.secrets:
-            body["secrets"] = list(self.secrets)
+        if self.setup:
+            body["setup"] = list(self.setup)
+        if self.metadata:
+            body["metadata"] = dict(self.metadata)
+        if self.ports is not None:
+            body["ports"] = list(self.ports)
         return body
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "Template":
         setup = d.get("setup")
-        hosts = d.get("allowed_hosts")
         env = d.get("env")
-        secrets = d.get("secrets")
+        metadata = d.get("metadata")
+        ports = d.get("ports")
+        mem = d.get("memory_mb")
+        cpus = d.get("cpu_cores")
+        ttl = d.get("ttl_seconds")
         return cls(
             name=_str(d, "name"),
             image=_str(d, "image"),
-            memory_mb=_int(d, "memory_mb", 512),
-            cpu_cores=_int(d, "cpu_cores", 1),
-            ttl_seconds=_int(d, "ttl_seconds", 300),
-            version=_int(d, "version", 1),
+            memory_mb=mem if isinstance(mem, int) and not isinstance(mem, bool) else None,
+            cpu_cores=cpus if isinstance(cpus, int) and not isinstance(cpus, bool) else None,
+            ttl_seconds=ttl if isinstance(ttl, int) and not isinstance(ttl, bool) else None,
+            provider=_str(d, "provider"),
+            metadata={str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {},
             description=_str(d, "description"),
+            env={str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else {},
             setup=[s for s in setup if isinstance(s, str)] if isinstance(setup, list) else [],
-            allowed_hosts=[h for h in hosts if isinstance(h, str)] if isinstance(hosts, list) else [],
-            env=dict(env) if isinstance(env, dict) else {},
-            secrets=[s for s in secrets if isinstance(s, dict)] if isinstance(secrets, list) else [],
-            pool_size=_int(d, "pool_size"),
+            ports=[x for x in ports if isinstance(x, int)] if isinstance(ports, list) else None,
+            version=_int(d, "version"),
             created_at=_str(d, "created_at"),
             updated_at=_str(d, "updated_at"),
             raw=dict(d),

@@ -204,23 +204,43 @@ class AsyncTests(unittest.IsolatedAsyncioTestCase):
             await self.client.pool_status()
         with self.assertRaises(NotFound):
             await self.client.quota_summary()
-        tpl = stacyvm.Template("t", "alpine:latest")
-        calls = [
-            lambda: self.client.templates.list(),
-            lambda: self.client.templates.get("t"),
-            lambda: self.client.templates.save(tpl),
-            lambda: self.client.templates.update(tpl),
-            lambda: self.client.templates.delete("t"),
-            lambda: self.client.templates.spawn("t", ttl=60),
-        ]
-        for call in calls:
-            with self.assertRaises(NotFound):
-                await call()
         with self.assertRaises(NotFound):
-            await self.client.spawn_template("x")
+            await self.client.templates.get("no-such-template")
+        with self.assertRaises(NotFound):
+            await self.client.spawn_template("no-such-template")
         async with self.client.spawn() as sb:
             with self.assertRaises(Timeout):
                 await sb.exec("sleep 3", timeout="200ms")
+
+    async def test_templates_round_trip(self) -> None:
+        name = f"py-async-{int(time.time() * 1000) % 10**8}"
+        tpl = stacyvm.Template(
+            name,
+            "alpine:3.20",
+            ttl_seconds=300,
+            env={"WHO": "async"},
+            setup=["echo \"$WHO\" > who.txt"],
+        )
+        created = await asyncio.wait_for(self.client.templates.create(tpl), STEP)
+        try:
+            self.assertEqual((created.version, created.ttl_seconds, created.setup), (1, 300, tpl.setup))
+            self.assertIn(name, [t.name for t in await self.client.templates.list()])
+            sb = await asyncio.wait_for(self.client.templates.spawn(name, env={"EXTRA": "x"}), STEP)
+            try:
+                self.assertIsInstance(sb, AsyncSandbox)
+                self.assertEqual(sb.metadata, {"template": name})
+                self.assertEqual(await sb.read_file("/workspace/who.txt"), "async\n")
+                self.assertEqual((await sb.exec('echo "$WHO $EXTRA"')).stdout, "async x\n")
+            finally:
+                await sb.destroy()
+            created.setup = ["sleep 0; exit 2"]
+            self.assertEqual((await self.client.templates.update(created)).version, 2)
+            with self.assertRaises(BadRequest):
+                await self.client.templates.spawn(name)
+        finally:
+            await self.client.templates.delete(name)
+        with self.assertRaises(NotFound):
+            await self.client.templates.get(name)
 
     async def test_concurrent_calls_share_the_pool(self) -> None:
         results = await asyncio.wait_for(asyncio.gather(*(self.client.health() for _ in range(20))), STEP)

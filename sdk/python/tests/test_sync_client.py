@@ -108,25 +108,72 @@ class SystemTests(SyncTestCase):
         with self.assertRaises(NotFound):
             self.client.quota_summary()
 
-    def test_templates_are_not_served(self) -> None:
-        tpl = stacyvm.Template("py", "python:3.12-slim", 256, 2, "10m")
-        self.assertEqual(tpl.ttl_seconds, 600)
-        self.assertEqual(tpl.vcpus, 2)
-        for call in (
-            lambda: self.client.templates.list(),
-            lambda: self.client.templates.get("py"),
-            lambda: self.client.templates.save(tpl),
-            lambda: self.client.templates.update(tpl),
-            lambda: self.client.templates.delete("py"),
-            lambda: self.client.templates.spawn("py"),
-            lambda: self.client.spawn_template("py"),
-        ):
-            with self.assertRaises(NotFound) as ctx:
-                call()
-            self.assertEqual(ctx.exception.code, "NOT_FOUND")
-            self.assertIn("/api/v1/templates", ctx.exception.message)
-        body = tpl.to_dict()
-        self.assertEqual((body["cpu_cores"], body["ttl_seconds"]), (2, 600))
+    def test_templates_round_trip(self) -> None:
+        name = f"py-sync-{int(time.time() * 1000) % 10**8}"
+        tpl = stacyvm.Template(
+            name,
+            "python:3.12-slim",
+            256,
+            2,
+            "10m",
+            provider="mock",
+            metadata={"team": "py"},
+            description="Python SDK round trip",
+            env={"GREETING": "hello from template", "SHARED": "template"},
+            # Relative path: the mock provider runs commands in the sandbox's workspace on the host.
+            setup=['echo "$GREETING" > setup.txt', "echo second >> setup.txt"],
+            ports=[3000, 8080],
+        )
+        self.assertEqual((tpl.ttl_seconds, tpl.vcpus), (600, 2))
+        created = self.client.templates.save(tpl)
+        self.addCleanup(self._delete_template, name)
+        self.assertEqual(created.name, name)
+        self.assertEqual(created.version, 1)
+        self.assertEqual((created.memory_mb, created.cpu_cores, created.ttl_seconds), (256, 2, 600))
+        self.assertEqual(created.env, tpl.env)
+        self.assertEqual(created.setup, tpl.setup)
+        self.assertEqual(created.ports, [3000, 8080])
+        self.assertTrue(created.created_at)
+        self.assertEqual(self.client.templates.get(name), created)
+        self.assertIn(name, [t.name for t in self.client.templates.list()])
+        with self.assertRaises(stacyvm.Conflict):
+            self.client.templates.create(tpl)
+
+        sb = self.client.templates.spawn(name, ttl="5m", metadata={"run": "1"})
+        self.spawned.append(sb)
+        self.assertEqual(sb.state, "running")
+        self.assertEqual(sb.metadata, {"team": "py", "run": "1", "template": name})
+        self.assertEqual(sb.info["memory_mb"], 256)
+        self.assertEqual(sb.info["vcpus"], 2)
+        self.assertEqual(sb.read_file("/workspace/setup.txt"), "hello from template\nsecond\n")
+        self.assertEqual(sb.exec('echo "$GREETING / $SHARED"').stdout, "hello from template / template\n")
+        self.assertEqual(sb.exec('echo "$SHARED"', env={"SHARED": "request"}).stdout, "request\n")
+        sb.destroy()
+
+        created.setup = ["echo broken >&2; exit 4"]
+        updated = self.client.templates.update(created)
+        self.assertEqual(updated.version, 2)
+        live = len(self.client.list())
+        with self.assertRaises(BadRequest) as ctx:
+            self.client.spawn_template(name)
+        self.assertIn("setup command 1 of 1", ctx.exception.message)
+        self.assertIn("exited with code 4: broken", ctx.exception.message)
+        self.assertEqual(len(self.client.list()), live)
+
+        with self.assertRaises(BadRequest):
+            self.client.templates.save(stacyvm.Template("Bad Name", "alpine"))
+        self.client.templates.delete(name)
+        with self.assertRaises(NotFound) as nf:
+            self.client.templates.get(name)
+        self.assertNotIsInstance(nf.exception, SandboxNotFound)
+        with self.assertRaises(NotFound):
+            self.client.templates.spawn(name)
+
+    def _delete_template(self, name: str) -> None:
+        try:
+            self.client.templates.delete(name)
+        except NotFound:
+            pass
 
     def test_keep_alive_reuses_connections(self) -> None:
         for _ in range(5):

@@ -199,17 +199,58 @@ class ModelTests(unittest.TestCase):
 
     def test_template_uses_server_field_names(self) -> None:
         t = Template("web", "node:20", 1024, 2, "1h")
-        self.assertEqual(t.to_dict()["ttl_seconds"], 3600)
-        self.assertEqual(t.to_dict()["cpu_cores"], 2)
-        self.assertNotIn("vcpus", t.to_dict())
+        self.assertEqual(
+            t.to_dict(),
+            {"name": "web", "image": "node:20", "memory_mb": 1024, "cpu_cores": 2, "ttl_seconds": 3600},
+        )
         t.ttl = "90s"
         t.vcpus = 4
         self.assertEqual((t.ttl_seconds, t.cpu_cores, t.ttl), (90, 4, "90s"))
         with self.assertRaises(ValueError):
             Template("x", "y", ttl_seconds="soon")  # type: ignore[arg-type]
-        back = Template.from_dict({"name": "web", "image": "node:20", "cpu_cores": 3, "setup": ["npm i"]})
-        self.assertEqual((back.cpu_cores, back.ttl_seconds, back.setup), (3, 300, ["npm i"]))
+        with self.assertRaises(ValueError):
+            Template("x", "y", ttl_seconds="1500ms")  # type: ignore[arg-type]
+        # Unset fields are left to the server's defaults.
+        self.assertEqual(Template("x", "y").to_dict(), {"name": "x", "image": "y"})
+        full = Template(
+            "x",
+            "y",
+            provider="mock",
+            metadata={"k": "v"},
+            description="d",
+            env={"A": "1"},
+            setup=["true"],
+            ports=[],
+        ).to_dict()
+        self.assertEqual(
+            full,
+            {
+                "name": "x",
+                "image": "y",
+                "provider": "mock",
+                "description": "d",
+                "env": {"A": "1"},
+                "setup": ["true"],
+                "metadata": {"k": "v"},
+                "ports": [],
+            },
+        )
+        back = Template.from_dict(
+            {"name": "web", "image": "node:20", "cpu_cores": 3, "setup": ["npm i"], "version": 2, "ports": [80]}
+        )
+        self.assertEqual((back.cpu_cores, back.ttl_seconds, back.setup), (3, None, ["npm i"]))
+        self.assertEqual((back.version, back.ports, back.raw["version"]), (2, [80], 2))
 
+    def test_template_spawn_call_sends_only_the_overrides_given(self) -> None:
+        from stacyvm import _protocol as p
+
+        self.assertEqual(p.template_spawn_call("t").json_body, {})
+        call = p.template_spawn_call("a b", provider="mock", ttl=90, owner_id="o", metadata={"m": "1"}, env={"E": "2"})
+        self.assertEqual((call.method, call.path), ("POST", "/templates/a%20b/spawn"))
+        self.assertEqual(
+            call.json_body,
+            {"provider": "mock", "ttl": "90s", "owner_id": "o", "metadata": {"m": "1"}, "env": {"E": "2"}},
+        )
 
 if __name__ == "__main__":
     unittest.main()

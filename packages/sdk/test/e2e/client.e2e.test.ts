@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   BadRequestError,
   Client,
+  ConflictError,
   NotFoundError,
   ResourceLimitError,
   Sandbox,
@@ -176,26 +177,83 @@ describe('Client against a real stacyvm serve', () => {
     await expect(client.quotaSummary()).rejects.toBeInstanceOf(NotFoundError);
   });
 
-  // PLACEHOLDER: the server has no /api/v1/templates routes yet. These tests pin today's
-  // answer (the 404 envelope as a typed NotFoundError); replace them with real round trips
-  // when the routes land.
-  it('templates: every method reaches /api/v1/templates and gets the 404 envelope for now', async () => {
-    const calls: [string, () => Promise<unknown>][] = [
-      ['GET /api/v1/templates', () => client.templates.list()],
-      ['GET /api/v1/templates/py', () => client.templates.get('py')],
-      ['POST /api/v1/templates', () => client.templates.create({ name: 'py', image: 'python' })],
-      ['POST /api/v1/templates', () => client.templates.save({ name: 'py', image: 'python' })],
-      ['PUT /api/v1/templates/py', () => client.templates.update('py', { image: 'python' })],
-      ['DELETE /api/v1/templates/py', () => client.templates.delete('py')],
-      ['POST /api/v1/templates/py/spawn', () => client.templates.spawn('py', { ttl: '5m' })],
-    ];
-    for (const [route, call] of calls) {
-      const err = await caught(call);
-      expect(err).toBeInstanceOf(NotFoundError);
-      expect(err).toMatchObject({ code: 'NOT_FOUND', status: 404 });
-      expect((err as NotFoundError).message).toBe(`no route for ${route}`);
-      expect((err as NotFoundError).requestId).toMatch(/.+/);
+  it('templates: create → get → list → spawn (env and setup applied) → update → delete', async () => {
+    const name = `sdk-e2e-${Date.now().toString(36)}`;
+    const created = await client.templates.create({
+      name,
+      image: 'alpine:3.20',
+      provider: 'mock',
+      description: 'SDK round trip',
+      memoryMb: 256,
+      vcpus: 2,
+      ttl: '10m',
+      env: { GREETING: 'hello from template', SHARED: 'template' },
+      // Relative path: the mock provider runs commands in the sandbox's workspace on the host.
+      setup: ['echo "$GREETING" > setup.txt', 'echo second >> setup.txt'],
+      metadata: { team: 'sdk' },
+      ports: [3000, 8080],
+    });
+    expect(created).toMatchObject({
+      name,
+      version: 1,
+      image: 'alpine:3.20',
+      provider: 'mock',
+      memory_mb: 256,
+      cpu_cores: 2,
+      ttl_seconds: 600,
+      env: { GREETING: 'hello from template', SHARED: 'template' },
+      setup: ['echo "$GREETING" > setup.txt', 'echo second >> setup.txt'],
+      metadata: { team: 'sdk' },
+      ports: [3000, 8080],
+    });
+    expect(await client.templates.get(name)).toEqual(created);
+    expect((await client.templates.list()).map((t) => t.name)).toContain(name);
+    const dup = await caught(() => client.templates.save({ name, image: 'x' }));
+    expect(dup).toBeInstanceOf(ConflictError);
+
+    const sb = await client.templates.spawn(name, { ttl: '5m', metadata: { run: '1' } });
+    try {
+      expect(sb).toBeInstanceOf(Sandbox);
+      expect(sb).toMatchObject({ image: 'alpine:3.20', provider: 'mock', memoryMb: 256, vcpus: 2 });
+      expect(sb.ports).toEqual([3000, 8080]);
+      expect(sb.metadata).toEqual({ team: 'sdk', run: '1', template: name });
+      expect(Date.parse(sb.expiresAt) - Date.parse(sb.createdAt)).toBe(5 * 60_000);
+      expect(await sb.readFile('/workspace/setup.txt')).toBe('hello from template\nsecond\n');
+      expect((await sb.exec('echo "$GREETING / $SHARED"')).stdout).toBe(
+        'hello from template / template\n',
+      );
+      expect((await sb.exec('echo "$SHARED"', { env: { SHARED: 'request' } })).stdout).toBe(
+        'request\n',
+      );
+      const logged = (await sb.execs()).map((e) => e.command);
+      expect(logged).toEqual(expect.arrayContaining(['echo second >> setup.txt']));
+    } finally {
+      await sb.destroy();
     }
+
+    const updated = await client.templates.update(name, {
+      ...created,
+      setup: ['echo "$MISSING_TOOL" && exit 4'],
+    });
+    expect(updated).toMatchObject({ version: 2, setup: ['echo "$MISSING_TOOL" && exit 4'] });
+    const before = (await client.list()).length;
+    const failed = await caught(() => client.templates.spawn(name));
+    expect(failed).toBeInstanceOf(BadRequestError);
+    expect((failed as BadRequestError).message).toMatch(
+      /setup command 1 of 1 .* exited with code 4/,
+    );
+    expect((failed as BadRequestError).details).toEqual([
+      { field: 'setup[0]', problem: 'exited with code 4' },
+    ]);
+    expect((await client.list()).length).toBe(before);
+
+    const bad = await caught(() => client.templates.create({ name: 'Bad Name', image: 'x' }));
+    expect(bad).toBeInstanceOf(BadRequestError);
+    expect((bad as BadRequestError).details?.[0]?.field).toBe('name');
+
+    await client.templates.delete(name);
+    expect(await caught(() => client.templates.get(name))).toBeInstanceOf(NotFoundError);
+    expect(await caught(() => client.templates.spawn(name))).toBeInstanceOf(NotFoundError);
   });
 
   it('custom fetch and headers are used', async () => {
