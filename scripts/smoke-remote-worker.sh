@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Remote-worker smoke test: runs `stacyvm serve` (control plane) and `stacyvm worker` (worker-a) on
-# loopback with SQLite and the mock provider, and drives a sandbox on the worker through the
-# control plane's REST API: spawn, get, exec, streamed exec, file write/read, logs, destroy, then a
-# drain that must make the worker process exit 0 on its own.
+# loopback with SQLite (or PostgreSQL, see --help) and the mock provider, and drives a sandbox on
+# the worker through the control plane's REST API: spawn, get, exec, streamed exec, file
+# write/read, logs, destroy, then a drain that must make the worker process exit 0 on its own.
 #
 # Usage: scripts/smoke-remote-worker.sh [binary] [--mtls] [--auth shared|per-worker|signed|all]
 #          [--ca-cert f --ca-key f --server-cert f --server-key f --client-cert f --client-key f]
@@ -34,7 +34,11 @@ binary        stacyvm executable, or a .js/.mjs entry point run with node
 --client-cert/--client-key  control-plane client certificate and key
 
 Environment: STACYVM_REMOTE_SMOKE_CONTROL_PORT (17423, 17433 with --mtls),
-STACYVM_REMOTE_SMOKE_WORKER_PORT (17430, 17440 with --mtls), STACYVM_REMOTE_SMOKE_WAIT_S (30).
+STACYVM_REMOTE_SMOKE_WORKER_PORT (17430, 17440 with --mtls), STACYVM_REMOTE_SMOKE_WAIT_S (30),
+STACYVM_REMOTE_SMOKE_DATABASE_DRIVER (sqlite; or postgres, with
+STACYVM_REMOTE_SMOKE_DATABASE_DSN=postgres://user:pass@host:5432/db naming a database the
+control plane may migrate; every setup uses it and leaves its rows there; the DSN is written
+only to a mode-600 file and never printed).
 EOF
 }
 
@@ -178,9 +182,20 @@ else
   esac
 fi
 
-if [ -n "${STACYVM_REMOTE_SMOKE_DATABASE_DRIVER-}" ] && [ "$STACYVM_REMOTE_SMOKE_DATABASE_DRIVER" != sqlite ]; then
-  usage_error "only the sqlite store is supported (STACYVM_REMOTE_SMOKE_DATABASE_DRIVER=$STACYVM_REMOTE_SMOKE_DATABASE_DRIVER)"
-fi
+DB_DRIVER=${STACYVM_REMOTE_SMOKE_DATABASE_DRIVER:-sqlite}
+DB_DSN=${STACYVM_REMOTE_SMOKE_DATABASE_DSN-}
+case "$DB_DRIVER" in
+sqlite | sqlite3) DB_DRIVER=sqlite ;;
+postgres | postgresql)
+  DB_DRIVER=postgres
+  [ -n "$DB_DSN" ] || usage_error "STACYVM_REMOTE_SMOKE_DATABASE_DRIVER=postgres needs STACYVM_REMOTE_SMOKE_DATABASE_DSN (postgres://user:pass@host:5432/db)"
+  case "$DB_DSN" in
+  postgres://* | postgresql://*) ;;
+  *) usage_error "STACYVM_REMOTE_SMOKE_DATABASE_DSN must start with postgres:// or postgresql://" ;;
+  esac
+  ;;
+*) usage_error "STACYVM_REMOTE_SMOKE_DATABASE_DRIVER must be sqlite or postgres, got \"$DB_DRIVER\"" ;;
+esac
 
 if [ "$MTLS" = 1 ]; then
   CONTROL_PORT=${STACYVM_REMOTE_SMOKE_CONTROL_PORT:-17433}
@@ -465,6 +480,18 @@ write_configs() {
   printf 'X-API-Key: %s\n' "$API_KEY" >"$API_HDR"
   printf 'X-Admin-API-Key: %s\n' "$ADMIN_KEY" >"$ADMIN_HDR"
 
+  local db_section
+  if [ "$DB_DRIVER" = postgres ]; then
+    # The DSN holds a password: it goes to a mode-600 file, never into a config or argv.
+    printf '%s\n' "$DB_DSN" >"$SETUP_DIR/dsn"
+    chmod 600 "$SETUP_DIR/dsn"
+    db_section="  driver: \"postgres\"
+  dsn_file: $(yq "$SETUP_DIR/dsn")"
+  else
+    db_section="  driver: \"sqlite\"
+  path: $(yq "$SETUP_DIR/stacyvm.db")"
+  fi
+
   cat >"$cp" <<EOF
 server:
   host: "127.0.0.1"
@@ -482,8 +509,7 @@ auth:
   admin_fallback_enabled: false
 $cp_auth
 database:
-  driver: "sqlite"
-  path: $(yq "$SETUP_DIR/stacyvm.db")
+$db_section
 logging:
   level: "info"
   format: "json"
@@ -718,7 +744,7 @@ run_setup() {
 
 # --- main -----------------------------------------------------------------------------------
 
-echo "Remote worker smoke: ${BIN[*]} ($MODE; control plane 127.0.0.1:$CONTROL_PORT, worker 127.0.0.1:$WORKER_PORT)"
+echo "Remote worker smoke: ${BIN[*]} ($MODE, $DB_DRIVER store; control plane 127.0.0.1:$CONTROL_PORT, worker 127.0.0.1:$WORKER_PORT)"
 if [ "$MTLS" = 1 ]; then prepare_tls; fi
 for s in "${SETUPS[@]}"; do run_setup "$s"; done
 
@@ -726,4 +752,6 @@ joined=$(
   IFS=,
   echo "${SETUPS[*]}"
 )
-echo "Remote worker smoke PASSED [$MODE] (${joined//,/, })"
+store_note=""
+[ "$DB_DRIVER" = sqlite ] || store_note=", $DB_DRIVER"
+echo "Remote worker smoke PASSED [$MODE$store_note] (${joined//,/, })"

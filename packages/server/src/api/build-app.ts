@@ -10,6 +10,7 @@ import type { Metrics } from '../orchestrator/metrics.js';
 import type { PreviewService } from '../orchestrator/preview-service.js';
 import type { SandboxService } from '../orchestrator/sandbox-service.js';
 import type { SystemService } from '../orchestrator/system-service.js';
+import type { TemplateService } from '../orchestrator/template-service.js';
 import type { WorkerService } from '../orchestrator/worker-service.js';
 import type { AuthOptions } from './plugins/auth.js';
 import type { WorkerAuthOptions } from './plugins/worker-auth.js';
@@ -19,6 +20,7 @@ import { execRoutes } from './routes/exec.js';
 import { fileRoutes } from './routes/files.js';
 import { sandboxRoutes } from './routes/sandboxes.js';
 import { systemRoutes } from './routes/system.js';
+import { templateRoutes } from './routes/templates.js';
 import { traefikRoutes } from './routes/traefik.js';
 import { workerRoutes } from './routes/worker.js';
 import { workerAdminRoutes } from './routes/worker-admin.js';
@@ -26,6 +28,8 @@ import { ErrorBodySchema } from './schemas/common.js';
 
 export interface AppDeps {
   sandboxes: SandboxService;
+  /** Template CRUD and spawn-from-template (`/templates`). */
+  templates: TemplateService;
   workers: WorkerService;
   system: SystemService;
   events: EventBus;
@@ -95,8 +99,10 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     ajv: { customOptions: { coerceTypes: false, allErrors: true, removeAdditional: false } },
   }).withTypeProvider<TypeBoxTypeProvider>();
 
-  app.addHook('onRequest', async (req, reply) => {
+  // Hooks on every request are callback-style, not async: no promise per hook on the hot path.
+  app.addHook('onRequest', (req, reply, done) => {
     void reply.header('x-request-id', req.id);
+    done();
   });
   // While shutting down, responses close their connection so keep-alive
   // clients do not hold close() open until the shutdown timeout.
@@ -106,12 +112,13 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     app.server.closeIdleConnections();
     done();
   });
-  app.addHook('onSend', async (_req, reply, payload) => {
+  app.addHook('onSend', (_req, reply, payload, done) => {
     if (closing) void reply.header('connection', 'close');
-    return payload;
+    done(null, payload);
   });
-  app.addHook('onResponse', async (req, reply) => {
+  app.addHook('onResponse', (req, reply, done) => {
     deps.metrics.countHttp(req.method, req.routeOptions.url ?? 'unmatched', reply.statusCode);
+    done();
   });
 
   registerErrorHandling(app);
@@ -170,6 +177,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
         sandboxes: deps.sandboxes,
         previews: deps.previews,
       });
+      await api.register(templateRoutes, { templates: deps.templates, previews: deps.previews });
       await api.register(execRoutes, { sandboxes: deps.sandboxes });
       await api.register(fileRoutes, { sandboxes: deps.sandboxes });
       await api.register(workerRoutes, { workers: deps.workers, auth: deps.workerAuth });

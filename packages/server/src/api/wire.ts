@@ -1,13 +1,20 @@
 import { formatDurationMs } from '../domain/duration.js';
 import type { FileEntry } from '../domain/files.js';
 import type { SandboxRecord } from '../domain/sandbox.js';
+import type { TemplateRecord } from '../domain/template.js';
 import type { WorkerRecord } from '../domain/worker.js';
 import type { ProviderInfo } from '../rpc/worker-client.js';
 import { fileEntryToWire } from '../rpc/protocol.js';
 import type { ExecLogEntry } from '../orchestrator/sandbox-service.js';
 import type { PreviewInfo, PreviewWire } from '../orchestrator/preview-service.js';
 import type { Static } from '@sinclair/typebox';
-import type { FileInfoSchema, PreviewSchema, SandboxWire, WorkerSchema } from './schemas/common.js';
+import type {
+  FileInfoSchema,
+  PreviewSchema,
+  SandboxWire,
+  TemplateWire,
+  WorkerSchema,
+} from './schemas/common.js';
 
 const iso = (ms: number): string => new Date(ms).toISOString();
 /** RFC 3339 to the second, as the reference emits for files and workers. */
@@ -98,5 +105,24 @@ export function execLogToWire(e: ExecLogEntry): Record<string, unknown> {
     timed_out: e.timedOut,
     streamed: e.streamed,
     created_at: iso(e.createdAtMs),
+  };
+}
+
+export function templateToWire(t: TemplateRecord): TemplateWire {
+  return {
+    name: t.name,
+    version: t.version,
+    image: t.image,
+    provider: t.provider,
+    description: t.description,
+    memory_mb: t.memoryMb,
+    cpu_cores: t.vcpus,
+    ttl_seconds: t.ttlSeconds,
+    env: t.env,
+    setup: t.setup,
+    metadata: t.metadata,
+    ports: t.ports,
+    created_at: iso(t.createdAtMs),
+    updated_at: iso(t.updatedAtMs),
   };
 }

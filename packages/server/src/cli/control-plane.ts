@@ -8,8 +8,7 @@ import type { StacyConfig } from '../config/schema.js';
 import { databaseDialect, durationMs } from '../config/load-config.js';
 import type { Clock } from '../domain/clock.js';
 import { systemClock } from '../domain/clock.js';
-import { LOCAL_WORKER_ID } from '../domain/worker.js';
-import { EventBus } from '../orchestrator/events.js';
+import type { EventBus } from '../orchestrator/events.js';
 import { Metrics } from '../orchestrator/metrics.js';
 import { PreviewService } from '../orchestrator/preview-service.js';
 import { createPreviewGateway } from '../preview/gateway.js';
@@ -19,6 +18,7 @@ import { LivenessSweeper } from '../orchestrator/liveness.js';
 import { Reaper } from '../orchestrator/reaper.js';
 import { SandboxService } from '../orchestrator/sandbox-service.js';
 import { SystemService } from '../orchestrator/system-service.js';
+import { TemplateService } from '../orchestrator/template-service.js';
 import { WorkerService } from '../orchestrator/worker-service.js';
 import { DockerProvider } from '../providers/docker/docker-provider.js';
 import { MockProvider } from '../providers/mock/mock-provider.js';
@@ -36,6 +36,16 @@ import type { Store } from '../store/store.js';
 import { VERSION } from '../version.js';
 import { WorkerRuntime } from '../worker/worker-runtime.js';
 import type { TraefikRedisPublisher } from '../preview/traefik-redis-publisher.js';
+import type { ClusterParts, OwnWorkerRpc } from './cluster-wiring.js';
+import {
+  API_PORT_CAPACITY_KEY,
+  checkOwnWorkerId,
+  createClusterParts,
+  ownWorkerCapabilities,
+  ownWorkerId,
+  startOwnWorkerRpc,
+  startRegistryRefresh,
+} from './cluster-wiring.js';
 import {
   checkTraefikConfig,
   createTraefikCatalog,
@@ -50,6 +60,10 @@ export interface ControlPlane {
   reaper: Reaper;
   /** Marks sandboxes of silent remote workers unhealthy/expired and recovers them. */
   liveness: LivenessSweeper;
+  /** Lifecycle events (on PostgreSQL shared with the other control planes on the database). */
+  events: EventBus;
+  /** This control plane's own worker id (`server.local_worker_id`). */
+  ownWorkerId: string;
   /** Preview URLs, tokens, worker preview domains and the gateway's resolver. */
   previews: PreviewService;
   /** The built-in preview gateway (not listening until {@link listenPreview}); undefined when disabled. */
@@ -273,6 +287,7 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
   const perWorkerTokens = parseWorkerTokenEntries(config.auth.worker_tokens);
   if (config.preview.enabled) parseListenAddr(config.preview.listen_addr, 'preview.listen_addr');
   checkTraefikConfig(config);
+  const ownId = ownWorkerId(config);
   const store = await createStore({
     driver: databaseDialect(config),
     path: config.database.path,
@@ -280,13 +295,25 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
     maxOpenConns: config.database.max_open_conns,
     statementTimeoutMs: durationMs(config.database.statement_timeout),
   });
+  let cluster: ClusterParts | undefined;
+  let ownRpc: OwnWorkerRpc | undefined;
+  let registry: { stop(): void } | undefined;
   try {
     const applied = await store.migrate();
     if (applied.length > 0) logger.info({ versions: applied }, 'database migrations applied');
+    const staleAfterMs = durationMs(config.server.worker_stale_after);
+    // Two control planes under one own-worker id would reconcile away each other's sandboxes.
+    await checkOwnWorkerId(
+      store,
+      ownId,
+      { hostname: hostname(), apiPort: config.server.port },
+      clock.nowMs(),
+      staleAfterMs,
+    );
 
     const { providers, defaultName } = await buildProviders(config, logger);
     const runtime = new WorkerRuntime({
-      workerId: LOCAL_WORKER_ID,
+      workerId: ownId,
       providers,
       defaultProvider: defaultName,
       logger,
@@ -300,11 +327,14 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
         previews.previewUrlOf(id),
       ),
       logger,
+      // A worker that heartbeats to another control plane is looked up in the registry.
+      (id) => store.workers.get(id),
     );
-    const events = new EventBus({ clock });
+    cluster = createClusterParts({ config, clock, logger });
+    await cluster.start();
+    const events = cluster.events;
     const metrics = new Metrics();
     const d = config.defaults;
-    const staleAfterMs = durationMs(config.server.worker_stale_after);
     const sandboxes = new SandboxService({
       store,
       workers: directory,
@@ -312,7 +342,7 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
       metrics,
       clock,
       logger,
-      localWorkerId: LOCAL_WORKER_ID,
+      localWorkerId: ownId,
       defaultProvider: defaultName,
       staleAfterMs,
       limits: {
@@ -352,10 +382,10 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
       events,
       logger,
       staleAfterMs,
-      localWorkerId: LOCAL_WORKER_ID,
+      localWorkerId: ownId,
       remotes: directory,
       onHeartbeat: (record, previous) => {
-        if (record.id === LOCAL_WORKER_ID) return;
+        if (record.id === ownId) return;
         previews.observeWorker(record);
         const refusal = directory.observe(record);
         if (refusal !== undefined && previous?.capacity['rpc_url'] !== record.capacity['rpc_url']) {
@@ -368,13 +398,22 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
         rejoin.seen(record, wasAlive);
       },
     });
-    // Workers registered before a restart stay reachable before their next beat.
-    for (const w of await store.workers.list()) {
-      if (w.id !== LOCAL_WORKER_ID) {
+    // Several beats per stale window, so a short server.worker_stale_after never finds it stale.
+    const beatMs = Math.min(30_000, Math.max(250, Math.floor(staleAfterMs / 4)));
+    // Workers registered before a restart stay reachable before their next beat, and
+    // workers that heartbeat to another control plane (or moved) are picked up here.
+    const refresher = startRegistryRefresh({
+      store,
+      ownId,
+      intervalMs: beatMs,
+      observe: (w) => {
         directory.observe(w);
         previews.observeWorker(w);
-      }
-    }
+      },
+      logger,
+    });
+    registry = refresher;
+    await refresher.refresh();
     const startedAtMs = clock.nowMs();
     const system = new SystemService({
       store,
@@ -387,21 +426,16 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
       staleAfterMs,
     });
 
-    const reconciled = await sandboxes.reconcileWorker(LOCAL_WORKER_ID, {
+    const reconciled = await sandboxes.reconcileWorker(ownId, {
       requestId: 'startup',
       actor: 'system:reconcile',
     });
     for (const provider of runtime.providerNames) {
       const policy = provider === 'docker' ? config.providers.docker.orphans : 'adopt';
-      const { adopted, removed } = await sandboxes.reconcileOrphans(
-        LOCAL_WORKER_ID,
-        provider,
-        policy,
-        {
-          requestId: 'startup',
-          actor: 'system:reconcile',
-        },
-      );
+      const { adopted, removed } = await sandboxes.reconcileOrphans(ownId, provider, policy, {
+        requestId: 'startup',
+        actor: 'system:reconcile',
+      });
       if (adopted.length + removed.length > 0) {
         logger.info(
           { provider, adopted, removed },
@@ -415,55 +449,74 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
         'reconcile marked sandboxes with no runtime as destroyed',
       );
 
+    // With worker.listen_addr the other control planes reach this one's own worker over RPC.
+    ownRpc = await startOwnWorkerRpc({
+      config,
+      id: ownId,
+      runtime,
+      perWorkerTokens,
+      clock,
+      logger,
+    });
+    const rpcUrl = ownRpc?.rpcUrl;
+    const ownMax = config.server.local_worker_max_sandboxes;
     await workers.startLocalHeartbeat(
       () => ({
-        id: LOCAL_WORKER_ID,
+        id: ownId,
         hostname: hostname(),
         status: runtime.state === 'active' ? 'online' : runtime.state,
         providers: runtime.providerNames,
-        capabilities: ['api', 'single_node', 'spawn', 'exec', 'files'],
-        // No per-worker max_sandboxes here: defaults.max_sandboxes is enforced
-        // globally by admission and would otherwise be counted twice.
+        capabilities: ownWorkerCapabilities(ownId, rpcUrl !== undefined),
+        // max_sandboxes only when server.local_worker_max_sandboxes sets an own
+        // limit: defaults.max_sandboxes is enforced globally by admission.
         capacity: {
+          ...(ownMax > 0 ? { max_sandboxes: ownMax } : {}),
           max_sandboxes_per_owner: d.max_sandboxes_per_owner,
           default_exec_timeout: d.default_exec_timeout,
           max_exec_timeout: d.max_exec_timeout,
           max_ttl: d.max_ttl,
           preview_domain: config.server.preview_domain,
+          [API_PORT_CAPACITY_KEY]: config.server.port,
+          ...(rpcUrl === undefined ? {} : { rpc_url: rpcUrl }),
         },
       }),
-      // Several beats per stale window, so a short server.worker_stale_after never finds it stale.
-      Math.min(30_000, Math.max(250, Math.floor(staleAfterMs / 4))),
+      beatMs,
     );
 
+    // On PostgreSQL one control plane (the holder of an advisory lock) sweeps at a time.
+    const leader = cluster.leader === undefined ? {} : { leader: cluster.leader };
     const reaper = new Reaper({
       service: sandboxes,
       intervalMs: durationMs(config.server.reaper_interval),
       logger,
+      ...leader,
     });
     const liveness = new LivenessSweeper({
       store,
       clock,
       events,
       logger,
-      localWorkerId: LOCAL_WORKER_ID,
+      localWorkerId: ownId,
       staleAfterMs,
       intervalMs: durationMs(config.server.reaper_interval),
+      ...leader,
     });
     // `preview` (the gateway) is built below; the catalog reads its port per request.
     const traefikCatalog = createTraefikCatalog({
       config,
       store,
       previews,
-      localWorkerId: LOCAL_WORKER_ID,
+      localWorkerId: ownId,
       gatewayPort: () => preview?.port,
     });
+    const templates = new TemplateService({ store, sandboxes, clock, logger });
     const app = await buildApp({
       traefik: {
         dynamicConfig: traefikDynamicConfig(config, traefikCatalog),
         providerToken: config.traefik.http_provider_token,
       },
       sandboxes,
+      templates,
       workers,
       system,
       events,
@@ -528,7 +581,10 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
         await reaper.stop();
         await liveness.stop();
         workers.stop();
+        refresher.stop();
         const timeoutMs = durationMs(config.server.shutdown_timeout);
+        // Calls from other control planes to the own worker finish like API requests.
+        const ownRpcClosed = ownRpc?.server.close(timeoutMs);
         // Open previews (WebSocket sessions included) get a short grace, not the whole timeout.
         const previewClosed = preview?.close(Math.min(timeoutMs, 5_000));
         let timer: NodeJS.Timeout | undefined;
@@ -545,12 +601,14 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
           app.server.closeAllConnections();
         }
         await previewClosed;
+        await ownRpcClosed;
         await rejoin.idle();
         await previews.drain();
         await sandboxes.drain();
         await traefikRedis?.stop();
         await directory.close();
         await runtime.stop();
+        await cluster?.close();
         await store.close();
       })();
       return closing;
@@ -561,6 +619,8 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
       sandboxes,
       reaper,
       liveness,
+      events,
+      ownWorkerId: ownId,
       previews: previews,
       preview,
       traefikRedis,
@@ -568,6 +628,9 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
       close,
     };
   } catch (err) {
+    registry?.stop();
+    await ownRpc?.server.close(0);
+    await cluster?.close();
     await store.close();
     throw err;
   }

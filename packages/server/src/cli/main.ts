@@ -15,6 +15,7 @@ import { isStacyError } from '../domain/errors.js';
 import { createStore } from '../store/create-store.js';
 import { exitCodeForCommanderError, registerClientCommands } from './client-commands.js';
 import { createControlPlane } from './control-plane.js';
+import { registerDbCommands } from './db-commands.js';
 import { registerImageCommands } from './image-commands.js';
 import { registerWorkerTokenCommands } from './worker-token-commands.js';
 import { registerWorkerCommand } from './worker-command.js';
@@ -217,6 +218,7 @@ export function buildProgram(): Command {
     .option('--config <file>', 'config file')
     .action(migrate);
 
+  registerDbCommands(program);
   registerClientCommands(program);
   registerImageCommands(program);
   registerWorkerTokenCommands(program);

@@ -55,8 +55,42 @@ describe('lintConfig', () => {
       'logging.format': 'pass',
       'providers.mock.enabled': 'warn',
       'worker.rpc_tls': 'pass',
+      'database.driver': 'pass',
       'providers.docker': 'pass',
     });
+  });
+
+  test('database.driver: SQLite with remote workers or several control planes fails in production', () => {
+    const find = (c: StacyConfig, production: boolean) =>
+      finding(lintConfig(c, { production }), 'database.driver');
+    expect(find(hardened(), true).level).toBe('pass');
+
+    const remote = hardened();
+    remote.auth.worker_signing_key = 'k'.repeat(40);
+    expect(find(remote, false).level).toBe('warn');
+    const failed = find(remote, true);
+    expect(failed.level).toBe('fail');
+    expect(failed.message).toContain('remote worker credentials are configured');
+    expect(failed.fix).toContain('database.driver: postgres');
+    expect(JSON.stringify(failed)).not.toContain('k'.repeat(40));
+
+    const perWorker = hardened();
+    perWorker.auth.worker_tokens = [`w1=${WORKER_TOKEN}`];
+    expect(find(perWorker, true).level).toBe('fail');
+
+    const severalCps = hardened();
+    severalCps.server.local_worker_id = 'cp-a';
+    const several = find(severalCps, true);
+    expect(several.level).toBe('fail');
+    expect(several.message).toContain('server.local_worker_id is "cp-a" (several control planes)');
+    expect(several.message).not.toContain('remote worker');
+
+    for (const c of [remote, severalCps]) {
+      c.database.driver = 'postgres';
+      c.database.dsn = 'postgres://stacyvm@db.internal:5432/stacyvm';
+      expect(find(c, true).level).toBe('pass');
+    }
+    expect(find(severalCps, true).message).toContain('"cp-a"');
   });
 
   test('worker.rpc_tls: plain HTTP with worker credentials is a production failure; skip-verify always fails', () => {

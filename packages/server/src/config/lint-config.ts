@@ -5,7 +5,7 @@
  */
 import { isAbsolute } from 'node:path';
 import { parseDurationNs, formatDurationNs } from '../domain/duration.js';
-import { isLoopbackHost } from './load-config.js';
+import { databaseDialect, isLoopbackHost } from './load-config.js';
 import type { StacyConfig } from './schema.js';
 
 /** Outcome of one lint check. */
@@ -74,6 +74,11 @@ export const LINT_CHECKS: readonly { name: string; description: string }[] = [
     name: 'worker.rpc_tls',
     description:
       'fail in production: insecure_skip_verify; P: remote worker credentials configured but worker RPC is plain HTTP.',
+  },
+  {
+    name: 'database.driver',
+    description:
+      'P: SQLite while remote worker credentials are configured or server.local_worker_id is not "local" (several control planes need one shared PostgreSQL database).',
   },
   {
     name: 'providers.docker',
@@ -358,6 +363,33 @@ export function lintConfig(config: StacyConfig, options: LintConfigOptions): Lin
     );
   } else {
     pass('worker.rpc_tls', rpcTls.enabled ? 'worker RPC uses TLS' : 'no remote worker credentials');
+  }
+
+  const ownId = server.local_worker_id.trim();
+  if (databaseDialect(config) === 'sqlite') {
+    const why = [
+      remoteWorkers ? 'remote worker credentials are configured' : undefined,
+      ownId !== 'local'
+        ? `server.local_worker_id is "${ownId}" (several control planes)`
+        : undefined,
+    ].filter((v) => v !== undefined);
+    if (why.length > 0) {
+      flag(
+        'database.driver',
+        p,
+        `the store is SQLite, a file only this control plane can use, but ${why.join(' and ')}: a second control plane cannot share it, so this one is a single point of failure for every worker`,
+        'set database.driver: postgres and database.dsn (or dsn_file), the same database on every control plane; see docs/operations.md (Several control planes)',
+      );
+    } else {
+      pass('database.driver', 'SQLite for a single control plane with only its own worker');
+    }
+  } else {
+    pass(
+      'database.driver',
+      ownId === 'local'
+        ? 'PostgreSQL (give each control plane its own server.local_worker_id to run several)'
+        : `PostgreSQL; this control plane's own worker is "${ownId}"`,
+    );
   }
 
   if (providers.docker.enabled) {

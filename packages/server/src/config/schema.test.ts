@@ -26,6 +26,8 @@ describe('config schema', () => {
         sse_keepalive_interval: '15s',
         reaper_interval: '30s',
         worker_stale_after: '2m',
+        local_worker_id: 'local',
+        local_worker_max_sandboxes: 0,
       },
       database: {
         driver: 'sqlite',

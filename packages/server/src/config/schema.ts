@@ -105,6 +105,16 @@ const ServerSection = Type.Object(
       'How long after its last heartbeat a remote worker counts as stale: it gets no new sandboxes, and the worker-liveness sweep marks its sandboxes unhealthy (expired once past their expiry). Keep it several times the worker.heartbeat_interval of the workers.',
       'positive',
     ),
+    local_worker_id: str(
+      'local',
+      'Id the control plane\'s own in-process worker registers under. Keep "local" for a single control plane; give each of several control planes on one PostgreSQL database its own (e.g. cp-a), or "auto" for local-<hostname>-<server.port>. No remote worker may use it.',
+      { minLength: 1 },
+    ),
+    local_worker_max_sandboxes: int(
+      0,
+      "Most live sandboxes the control plane's own worker takes (0 = no own limit; defaults.max_sandboxes still applies). Beyond it new sandboxes go to other workers.",
+      { minimum: 0 },
+    ),
   },
   { description: 'HTTP API of the control plane.' },
 );

@@ -68,6 +68,11 @@ export interface SandboxRecord {
   metadata: Record<string, string>;
   /** Ports inside the sandbox that previews may route to. */
   ports: number[];
+  /**
+   * Default environment of every exec in the sandbox (a request's own `env`
+   * wins per variable). Absent when empty; set by template spawns.
+   */
+  env?: Record<string, string>;
   createdAtMs: number;
   updatedAtMs: number;
   expiresAtMs: number;

@@ -56,15 +56,24 @@ export class EventBus {
   }
 
   publish(type: EventType, sandboxId?: string, data?: Record<string, unknown>): StacyEvent {
-    this.seq += 1;
-    this.published += 1;
-    const event: StacyEvent = {
-      id: `evt-${this.seq}`,
+    const fields: Omit<StacyEvent, 'id'> = {
       type,
       timestamp: new Date(this.options.clock.nowMs()).toISOString(),
     };
-    if (sandboxId !== undefined) event.sandbox_id = sandboxId;
-    if (data !== undefined) event.data = data;
+    if (sandboxId !== undefined) fields.sandbox_id = sandboxId;
+    if (data !== undefined) fields.data = data;
+    return this.deliver(fields);
+  }
+
+  /**
+   * Numbers an event with this bus's next id (`evt-N`), keeps it for replay
+   * and hands it to every subscriber. Ids are this process's own: an event
+   * from another control plane gets a local id here.
+   */
+  protected deliver(fields: Omit<StacyEvent, 'id'>): StacyEvent {
+    this.seq += 1;
+    this.published += 1;
+    const event: StacyEvent = { id: `evt-${this.seq}`, ...fields };
     this.history.push(event);
     if (this.history.length > this.historySize) this.history.shift();
     for (const listener of this.listeners) {

@@ -115,4 +115,62 @@ describe('worker liveness sweep', () => {
     expect(await state('sb-00000003')).toBe('running');
     expect(await state('sb-00000006')).toBe('running');
   });
+
+  it('sweeps on its timer only while it holds the leader lock', async () => {
+    let leading = false;
+    let asked = 0;
+    const gated = new LivenessSweeper({
+      store,
+      clock,
+      events,
+      logger: silentLogger,
+      localWorkerId: 'local',
+      staleAfterMs: 2 * MIN,
+      intervalMs: 1000,
+      leader: {
+        tryLead: async () => {
+          asked += 1;
+          return leading;
+        },
+      },
+    });
+    await beat('w1');
+    await store.sandboxes.insert(record('sb-00000007', 'w1', clock, 60 * MIN));
+    clock.advance(3 * MIN);
+    await gated.tick();
+    expect(asked).toBe(1);
+    expect(await state('sb-00000007')).toBe('running');
+    leading = true;
+    await gated.tick();
+    expect(await state('sb-00000007')).toBe('unhealthy');
+    // Stopped: no sweep starts, not even for a leader.
+    await beat('w1');
+    await gated.stop();
+    await gated.tick();
+    expect(await state('sb-00000007')).toBe('unhealthy');
+  });
+
+  it('two sweepers at once (a leader that lost its session late) change each sandbox once', async () => {
+    const other = new LivenessSweeper({
+      store,
+      clock,
+      events,
+      logger: silentLogger,
+      localWorkerId: 'cp-b',
+      staleAfterMs: 2 * MIN,
+      intervalMs: 1000,
+    });
+    await beat('w1');
+    for (let i = 10; i < 20; i++) {
+      await store.sandboxes.insert(record(`sb-000000${i}`, 'w1', clock, 60 * MIN));
+    }
+    clock.advance(3 * MIN);
+    const seen: string[] = [];
+    events.subscribe((e) => seen.push(`${e.type}:${e.sandbox_id ?? ''}`));
+    const [x, y] = await Promise.all([sweeper.sweep(), other.sweep()]);
+    expect([...x.unhealthy, ...y.unhealthy].sort()).toEqual(
+      Array.from({ length: 10 }, (_, i) => `sb-000000${i + 10}`),
+    );
+    expect(seen).toHaveLength(10);
+  });
 });

@@ -1,4 +1,5 @@
 import type { Clock } from '../domain/clock.js';
+import type { LeaderLock } from '../domain/cluster.js';
 import type { Logger } from '../domain/logger.js';
 import type { Store } from '../store/store.js';
 import type { EventBus } from './events.js';
@@ -12,6 +13,8 @@ export interface LivenessOptions {
   localWorkerId: string;
   staleAfterMs: number;
   intervalMs: number;
+  /** With several control planes: only the holder of this lock sweeps on its timer. */
+  leader?: Pick<LeaderLock, 'tryLead'>;
 }
 
 export interface SweepResult {
@@ -27,11 +30,12 @@ export interface SweepResult {
  * released; when the worker beats again, `unhealthy` ones return to
  * `running`. A draining worker still serves its sandboxes, so it counts as
  * alive. Every change is a compare-and-set, so several control planes
- * sweeping at once do no harm.
+ * sweeping at once do no harm; with a `leader` lock only its holder sweeps.
  */
 export class LivenessSweeper {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<SweepResult> | undefined;
+  private stopped = false;
 
   constructor(private readonly o: LivenessOptions) {}
 
@@ -108,8 +112,11 @@ export class LivenessSweeper {
     this.timer.unref();
   }
 
-  private async tick(): Promise<void> {
-    if (this.running !== undefined) return;
+  /** What the timer runs: a sweep when this control plane leads (always without a lock). */
+  async tick(): Promise<void> {
+    if (this.running !== undefined || this.stopped) return;
+    if (this.o.leader !== undefined && !(await this.o.leader.tryLead())) return;
+    if (this.running !== undefined || this.stopped) return;
     this.running = this.sweep();
     try {
       await this.running;
@@ -121,6 +128,7 @@ export class LivenessSweeper {
   }
 
   async stop(): Promise<void> {
+    this.stopped = true;
     if (this.timer !== undefined) clearInterval(this.timer);
     this.timer = undefined;
     await this.running?.catch(() => undefined);

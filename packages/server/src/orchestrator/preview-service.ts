@@ -178,9 +178,13 @@ export class PreviewService {
     if (rec.state !== 'running') {
       throw conflict(`sandbox ${rec.id} is ${rec.state}, not running`);
     }
-    const client = this.o.workers.client(rec.workerId);
+    const w = this.o.workers;
+    const client = w.client(rec.workerId) ?? (await w.resolve?.(rec.workerId));
     if (client === undefined) {
-      throw unavailable(`worker ${rec.workerId} of sandbox ${rec.id} is not reachable`);
+      const why = w.whyUnreachable?.(rec.workerId);
+      throw unavailable(
+        `worker ${rec.workerId} of sandbox ${rec.id} is not reachable${why === undefined ? '' : `: ${why}`}`,
+      );
     }
     const ref: RuntimeRef = {
       sandboxId: rec.id,

@@ -14,6 +14,7 @@ import type { Lease } from '../domain/lease.js';
 import type { Logger } from '../domain/logger.js';
 import type { SandboxRecord, SandboxState } from '../domain/sandbox.js';
 import { LIVE_STATES, newSandboxId, statesLeadingTo, validateOwnerId } from '../domain/sandbox.js';
+import { checkEnvMap, checkSetupCommands } from '../domain/template.js';
 import { DEFAULT_STALE_AFTER_MS } from '../domain/worker.js';
 import type { FileSource, ProviderStats, ReadFileResult } from '../providers/provider.js';
 import type { RuntimeRef, WorkerClient, WorkerDirectory } from '../rpc/worker-client.js';
@@ -45,6 +46,15 @@ export interface SpawnInput {
   ownerId?: string;
   metadata?: Record<string, string>;
   ports?: number[];
+  /** Default environment of every exec in the sandbox (stored on the record). */
+  env?: Record<string, string>;
+  /**
+   * Shell commands run in order right after the runtime starts, before the
+   * sandbox is `running`, each with the default exec timeout. The first that
+   * fails (non-zero exit, timeout, error) fails the spawn, and the runtime
+   * is destroyed.
+   */
+  setup?: string[];
 }
 
 export interface AdmissionDecision {
@@ -82,7 +92,13 @@ export interface SandboxServiceOptions {
   staleAfterMs?: number;
 }
 
-const DEFAULT_PORTS = [3000];
+/** Preview ports of a sandbox whose spawn names none. */
+export const DEFAULT_PORTS: readonly number[] = [3000];
+/** Bound on tearing down a runtime whose spawn failed after it started. */
+const SPAWN_CLEANUP_TIMEOUT_MS = 60_000;
+/** Characters of a failed setup command and of its output quoted in the error. */
+const SETUP_QUOTE_CHARS = 200;
+const SETUP_OUTPUT_TAIL_CHARS = 1000;
 /** Exit code recorded for a streamed exec that ended before its command did (cancelled or cut). */
 export const CANCELLED_EXIT_CODE = -1;
 /** How long a GET waits for a remote worker's view of a sandbox. */
@@ -96,7 +112,25 @@ function leaseToken(lease: Lease): NonNullable<RuntimeRef['lease']> {
     expiresAtMs: lease.expiresAtMs,
   };
 }
-const MAX_METADATA_ENTRIES = 64;
+export const MAX_METADATA_ENTRIES = 64;
+
+function quoteCommand(command: string): string {
+  const oneLine = command.replace(/\s+/g, ' ').trim();
+  return JSON.stringify(
+    oneLine.length > SETUP_QUOTE_CHARS ? `${oneLine.slice(0, SETUP_QUOTE_CHARS)}…` : oneLine,
+  );
+}
+
+function outputTail(text: string): string {
+  const t = text.trim();
+  return t.length > SETUP_OUTPUT_TAIL_CHARS ? `…${t.slice(-SETUP_OUTPUT_TAIL_CHARS)}` : t;
+}
+
+/** The exec spec with the sandbox's default environment under the request's own. */
+function withSandboxEnv(rec: SandboxRecord, spec: ExecSpec): ExecSpec {
+  if (rec.env === undefined || Object.keys(rec.env).length === 0) return spec;
+  return { ...spec, env: { ...rec.env, ...spec.env } };
+}
 
 /**
  * The sandbox use cases: spawn, get, list, destroy, extend, prune, exec,
@@ -121,10 +155,20 @@ export class SandboxService {
     return this.o.clock.nowMs();
   }
 
-  private client(workerId: string): WorkerClient {
-    const c = this.o.workers.client(workerId);
-    if (c === undefined)
-      throw unavailable(`worker ${workerId} is not reachable from this control plane`);
+  /**
+   * The client of a sandbox's worker: known to this process, or looked up
+   * in the registry (a worker that heartbeats to another control plane).
+   * UNAVAILABLE, saying why, when it cannot be called from here.
+   */
+  private async client(workerId: string): Promise<WorkerClient> {
+    const w = this.o.workers;
+    const c = w.client(workerId) ?? (await w.resolve?.(workerId));
+    if (c === undefined) {
+      const why = w.whyUnreachable?.(workerId);
+      throw unavailable(
+        `worker ${workerId} is not reachable from this control plane${why === undefined ? '' : `: ${why}`}`,
+      );
+    }
     return c;
   }
 
@@ -165,6 +209,27 @@ export class SandboxService {
       () => undefined,
       (err: unknown) => this.o.logger.warn({ ...context, err: (err as Error).message }, msg),
     );
+    this.pending.add(tracked);
+    void tracked.finally(() => this.pending.delete(tracked));
+  }
+
+  /**
+   * Runs `start` (which queues {@link background} writes) once the current
+   * turn of the event loop is over, so the reply that is being written now
+   * goes out first: SQLite writes run on the main thread. Tracked like a
+   * background write, so {@link drain} waits for it.
+   */
+  private afterReply(start: () => void): void {
+    const tracked = new Promise<void>((resolve) => {
+      setImmediate(() => {
+        try {
+          start();
+        } catch (err) {
+          this.o.logger.warn({ err: (err as Error).message }, 'deferred write failed');
+        }
+        resolve();
+      });
+    });
     this.pending.add(tracked);
     void tracked.finally(() => this.pending.delete(tracked));
   }
@@ -283,6 +348,8 @@ export class SandboxService {
     const ports = [...new Set(input.ports ?? DEFAULT_PORTS)].sort((a, b) => a - b);
     const image =
       input.image === undefined || input.image === '' ? limits.defaultImage : input.image;
+    const env = checkEnvMap('env', input.env ?? {});
+    const setup = checkSetupCommands('setup', input.setup ?? []);
 
     // Admission and the insert happen under one lock so caps hold under
     // concurrency; the provider spawn itself runs outside it.
@@ -312,6 +379,7 @@ export class SandboxService {
         workerId,
         metadata,
         ports,
+        ...(Object.keys(env).length > 0 ? { env } : {}),
         createdAtMs: now,
         updatedAtMs: now,
         expiresAtMs: now + ttlMs,
@@ -321,6 +389,8 @@ export class SandboxService {
     });
 
     let lease: Lease | undefined;
+    /** Set once the worker has a runtime: a later failure must tear it down. */
+    let started: RuntimeRef | undefined;
     try {
       const acquired = await this.o.store.leases.acquire({
         resourceId: rec.id,
@@ -330,8 +400,8 @@ export class SandboxService {
         nowMs: this.now(),
       });
       lease = acquired;
-      const result = await this.o.metrics.time('spawn', provider, () =>
-        this.client(rec.workerId).spawn(
+      const result = await this.o.metrics.time('spawn', provider, async () =>
+        (await this.client(rec.workerId)).spawn(
           {
             sandboxId: rec.id,
             provider,
@@ -346,6 +416,13 @@ export class SandboxService {
           ctx.signal === undefined ? {} : { signal: ctx.signal },
         ),
       );
+      started = {
+        sandboxId: rec.id,
+        provider: result.provider,
+        runtimeId: result.runtimeId,
+        lease: leaseToken(acquired),
+      };
+      if (setup.length > 0) await this.runSetup(rec, started, setup, ctx);
       const running = await this.o.store.sandboxes.transition(
         rec.id,
         ['creating'],
@@ -367,6 +444,25 @@ export class SandboxService {
       );
       return running;
     } catch (err) {
+      if (started !== undefined && !(await this.teardownFailedSpawn(rec, started))) {
+        // The runtime could not be removed: keep the record (and its lease)
+        // in `error`, pointing at the runtime, so a destroy or the reaper
+        // retries the teardown; nothing is left behind unseen.
+        await this.o.store.sandboxes.transition(
+          rec.id,
+          ['creating'],
+          'error',
+          { vmId: started.runtimeId, provider: started.provider },
+          this.now(),
+        );
+        this.o.events.publish('sandbox.error', rec.id, {
+          operation: 'spawn',
+          provider,
+          error: (err as Error).message,
+        });
+        this.audit(ctx, 'sandbox.spawn', rec.id, 'failure', (err as Error).message);
+        throw err;
+      }
       await this.o.store.sandboxes.transition(rec.id, ['creating'], 'destroyed', {}, this.now());
       if (lease !== undefined) {
         await this.o.store.leases
@@ -383,6 +479,93 @@ export class SandboxService {
       });
       this.audit(ctx, 'sandbox.spawn', rec.id, 'failure', (err as Error).message);
       throw err;
+    }
+  }
+
+  /**
+   * Runs setup commands in order on a started runtime, each recorded in the
+   * exec log. Throws on the first failure, naming the command.
+   */
+  private async runSetup(
+    rec: SandboxRecord,
+    ref: RuntimeRef,
+    setup: readonly string[],
+    ctx: CallContext,
+  ): Promise<void> {
+    const limits = this.o.limits;
+    const timeoutMs =
+      limits.defaultExecTimeoutMs > 0 ? limits.defaultExecTimeoutMs : limits.maxExecTimeoutMs;
+    for (const [index, command] of setup.entries()) {
+      const spec: ExecSpec = {
+        command,
+        args: [],
+        mode: 'shell',
+        env: rec.env ?? {},
+        workdir: '',
+        timeoutMs,
+      };
+      const which = `setup command ${index + 1} of ${setup.length} (${quoteCommand(command)})`;
+      const field = `setup[${index}]`;
+      this.o.events.publish('exec.started', rec.id, {
+        mode: 'shell',
+        streamed: false,
+        setup: index,
+      });
+      let outcome: ExecOutcome;
+      try {
+        outcome = await this.o.metrics.time('exec', rec.provider, async () =>
+          (await this.client(rec.workerId)).exec(ref, spec, this.opts(ctx)),
+        );
+      } catch (err) {
+        this.o.events.publish('exec.failed', rec.id, {
+          error: (err as Error).message,
+          setup: index,
+        });
+        this.audit(ctx, 'exec', rec.id, 'failure', `setup=${index} ${(err as Error).message}`);
+        const cause = isStacyError(err) ? err : undefined;
+        const problem = `could not run: ${(err as Error).message}`;
+        throw new StacyError(cause?.code ?? 'INTERNAL_ERROR', `spawn failed: ${which} ${problem}`, {
+          cause: err,
+          details: [{ field, problem }],
+        });
+      }
+      this.recordExec(rec, spec, outcome, false, ctx);
+      if (outcome.timedOut) {
+        const problem = `timed out after ${formatDurationMs(timeoutMs)}`;
+        throw new StacyError('TIMEOUT', `spawn failed: ${which} ${problem}`, {
+          details: [{ field, problem }],
+        });
+      }
+      if (outcome.exitCode !== 0) {
+        const tail = outputTail(outcome.stderr) || outputTail(outcome.stdout);
+        const problem = `exited with code ${outcome.exitCode}${tail === '' ? '' : `: ${tail}`}`;
+        throw new StacyError('BAD_REQUEST', `spawn failed: ${which} ${problem}`, {
+          details: [{ field, problem }],
+        });
+      }
+    }
+  }
+
+  /**
+   * Destroys the runtime of a spawn that failed after the worker started it.
+   * True when it is gone; false when the worker could not remove it.
+   */
+  private async teardownFailedSpawn(rec: SandboxRecord, ref: RuntimeRef): Promise<boolean> {
+    try {
+      // Not the caller's signal: a client that went away must not leave the runtime behind.
+      await (
+        await this.client(rec.workerId)
+      ).destroy(ref, {
+        signal: AbortSignal.timeout(SPAWN_CLEANUP_TIMEOUT_MS),
+      });
+      return true;
+    } catch (err) {
+      if (isStacyError(err) && err.code === 'NOT_FOUND') return true;
+      this.o.logger.warn(
+        { sandbox_id: rec.id, worker_id: rec.workerId, err: (err as Error).message },
+        'could not remove the runtime of a failed spawn; record kept in state error',
+      );
+      return false;
     }
   }
 
@@ -457,7 +640,8 @@ export class SandboxService {
   async refresh(id: string, ctx: CallContext): Promise<SandboxRecord> {
     const rec = await this.get(id, ctx);
     if (rec.workerId === this.o.localWorkerId || rec.state !== 'running') return rec;
-    const client = this.o.workers.client(rec.workerId);
+    const w = this.o.workers;
+    const client = w.client(rec.workerId) ?? (await w.resolve?.(rec.workerId));
     if (client === undefined) return rec;
     const ref = await this.refOf(rec);
     try {
@@ -489,6 +673,9 @@ export class SandboxService {
   /** Destroys a live sandbox. A second destroy, or an unknown id, is NOT_FOUND. */
   async destroy(id: string, ctx: CallContext, reason = 'api'): Promise<void> {
     const rec = await this.get(id, ctx);
+    // A worker this control plane cannot call is refused before the record
+    // changes, so the sandbox stays as it was for a control plane that can.
+    const client = await this.client(rec.workerId);
     const from = statesLeadingTo('destroying');
     const marked = await this.o.store.sandboxes.transition(id, from, 'destroying', {}, this.now());
     if (marked === undefined) {
@@ -500,10 +687,7 @@ export class SandboxService {
     const ref = await this.refOf(rec);
     try {
       await this.o.metrics.time('destroy', rec.provider, () =>
-        this.client(rec.workerId).destroy(
-          ref,
-          ctx.signal === undefined ? {} : { signal: ctx.signal },
-        ),
+        client.destroy(ref, ctx.signal === undefined ? {} : { signal: ctx.signal }),
       );
     } catch (err) {
       await this.o.store.sandboxes.transition(id, ['destroying'], 'error', {}, this.now());
@@ -552,13 +736,22 @@ export class SandboxService {
   }
 
   /** Destroys every live sandbox past its expiry; returns how many were destroyed. */
-  async prune(ctx: CallContext): Promise<number> {
+  async prune(ctx: CallContext, filter: { workerId?: string } = {}): Promise<number> {
     const expired = await this.o.store.sandboxes.list({
       states: ['creating', 'running', 'unhealthy', 'expired', 'error'],
       expiresBeforeMs: this.now(),
+      ...(filter.workerId === undefined ? {} : { workerId: filter.workerId }),
     });
     let n = 0;
     for (const rec of expired) {
+      if (!(await this.reachable(rec.workerId))) {
+        // Another control plane's own worker that only it can call: left to it.
+        this.o.logger.debug(
+          { sandbox_id: rec.id, worker_id: rec.workerId },
+          'prune skipped a sandbox on a worker this control plane cannot call',
+        );
+        continue;
+      }
       try {
         await this.destroy(rec.id, { ...ctx, tenantId: '' }, 'ttl_expired');
         n += 1;
@@ -571,6 +764,16 @@ export class SandboxService {
     return n;
   }
 
+  /** Destroys the expired sandboxes of this control plane's own worker only. */
+  pruneOwn(ctx: CallContext): Promise<number> {
+    return this.prune(ctx, { workerId: this.o.localWorkerId });
+  }
+
+  private async reachable(workerId: string): Promise<boolean> {
+    const w = this.o.workers;
+    return (w.client(workerId) ?? (await w.resolve?.(workerId))) !== undefined;
+  }
+
   /**
    * Startup reconcile for one worker: records whose runtime is gone become
    * `destroyed` (lease released), so nothing counts against capacity forever.
@@ -581,7 +784,7 @@ export class SandboxService {
     for (const rec of live) {
       const ref = await this.refOf(rec);
       try {
-        await this.client(workerId).status(ref);
+        await (await this.client(workerId)).status(ref);
       } catch (err) {
         if (!(isStacyError(err) && err.code === 'NOT_FOUND')) {
           this.o.logger.warn(
@@ -626,7 +829,7 @@ export class SandboxService {
     policy: 'adopt' | 'remove',
     ctx: CallContext,
   ): Promise<{ adopted: string[]; removed: string[] }> {
-    const client = this.client(workerId);
+    const client = await this.client(workerId);
     const runtimes = await client.listRuntimes(provider);
     const adopted: string[] = [];
     const removed: string[] = [];
@@ -707,24 +910,7 @@ export class SandboxService {
   ): void {
     const out = this.clip(outcome.stdout);
     const errOut = this.clip(outcome.stderr);
-    this.background(
-      this.o.store.execLogs.append({
-        sandboxId: rec.id,
-        command: spec.command,
-        args: spec.args,
-        mode: spec.mode,
-        exitCode: outcome.exitCode,
-        stdout: out.text,
-        stderr: errOut.text,
-        truncated: out.cut || errOut.cut,
-        durationMs: outcome.durationMs,
-        timedOut: outcome.timedOut,
-        streamed,
-        createdAtMs: this.now(),
-      }),
-      { sandbox_id: rec.id },
-      'exec log append failed',
-    );
+    const createdAtMs = this.now();
     const data = {
       exit_code: outcome.exitCode,
       duration: formatDurationMs(outcome.durationMs),
@@ -734,24 +920,46 @@ export class SandboxService {
     if (ended === 'exited') {
       this.o.events.publish(outcome.timedOut ? 'exec.timeout' : 'exec.completed', rec.id, data);
     }
-    this.audit(
-      ctx,
-      'exec',
-      rec.id,
-      outcome.timedOut || ended === 'cancelled' ? 'failure' : 'success',
-      `exit=${outcome.exitCode} duration=${formatDurationMs(outcome.durationMs)} mode=${spec.mode}${streamed ? ' stream=true' : ''}${outcome.timedOut ? ' timed_out=true' : ''}${ended === 'cancelled' ? ' cancelled=true' : ''}`,
-    );
+    // The exec-log row and the audit row are written after the reply.
+    this.afterReply(() => {
+      this.background(
+        this.o.store.execLogs.append({
+          sandboxId: rec.id,
+          command: spec.command,
+          args: spec.args,
+          mode: spec.mode,
+          exitCode: outcome.exitCode,
+          stdout: out.text,
+          stderr: errOut.text,
+          truncated: out.cut || errOut.cut,
+          durationMs: outcome.durationMs,
+          timedOut: outcome.timedOut,
+          streamed,
+          createdAtMs,
+        }),
+        { sandbox_id: rec.id },
+        'exec log append failed',
+      );
+      this.audit(
+        ctx,
+        'exec',
+        rec.id,
+        outcome.timedOut || ended === 'cancelled' ? 'failure' : 'success',
+        `exit=${outcome.exitCode} duration=${formatDurationMs(outcome.durationMs)} mode=${spec.mode}${streamed ? ' stream=true' : ''}${outcome.timedOut ? ' timed_out=true' : ''}${ended === 'cancelled' ? ' cancelled=true' : ''}`,
+      );
+    });
   }
 
   /** Runs a command to completion. TIMEOUT when the deadline killed it. */
-  async exec(id: string, spec: ExecSpec, ctx: CallContext): Promise<ExecOutcome> {
+  async exec(id: string, request: ExecSpec, ctx: CallContext): Promise<ExecOutcome> {
     const rec = await this.usable(id, ctx);
+    const spec = withSandboxEnv(rec, request);
     const ref = await this.refOf(rec);
     this.o.events.publish('exec.started', id, { mode: spec.mode, streamed: false });
     let outcome: ExecOutcome;
     try {
-      outcome = await this.o.metrics.time('exec', rec.provider, () =>
-        this.client(rec.workerId).exec(
+      outcome = await this.o.metrics.time('exec', rec.provider, async () =>
+        (await this.client(rec.workerId)).exec(
           ref,
           spec,
           ctx.signal === undefined ? {} : { signal: ctx.signal },
@@ -778,12 +986,13 @@ export class SandboxService {
    */
   async execStream(
     id: string,
-    spec: ExecSpec,
+    request: ExecSpec,
     ctx: CallContext,
   ): Promise<AsyncIterable<ExecEvent>> {
     const rec = await this.usable(id, ctx);
+    const spec = withSandboxEnv(rec, request);
     const ref = await this.refOf(rec);
-    const source = this.client(rec.workerId).execStream(
+    const source = (await this.client(rec.workerId)).execStream(
       ref,
       spec,
       ctx.signal === undefined ? {} : { signal: ctx.signal },
@@ -874,8 +1083,8 @@ export class SandboxService {
     const rec = await this.usable(id, ctx);
     const ref = await this.refOf(rec);
     try {
-      const out = await this.o.metrics.time(action.replace('.', '_'), rec.provider, () =>
-        fn(this.client(rec.workerId), ref, rec),
+      const out = await this.o.metrics.time(action.replace('.', '_'), rec.provider, async () =>
+        fn(await this.client(rec.workerId), ref, rec),
       );
       this.audit(ctx, action, id, 'success', detail(out), resource);
       return out;
@@ -1012,7 +1221,7 @@ export class SandboxService {
     const rec = await this.get(id, ctx);
     const ref = await this.refOf(rec);
     try {
-      return await this.client(rec.workerId).logs(ref, lines, this.opts(ctx));
+      return await (await this.client(rec.workerId)).logs(ref, lines, this.opts(ctx));
     } catch (err) {
       throw await this.checkRuntimeGone(rec, ref, err);
     }
@@ -1022,7 +1231,7 @@ export class SandboxService {
     const rec = await this.usable(id, ctx);
     const ref = await this.refOf(rec);
     try {
-      return await this.client(rec.workerId).stats(ref, this.opts(ctx));
+      return await (await this.client(rec.workerId)).stats(ref, this.opts(ctx));
     } catch (err) {
       throw await this.checkRuntimeGone(rec, ref, err);
     }
@@ -1042,7 +1251,7 @@ export class SandboxService {
   ): Promise<unknown> {
     if (!(isStacyError(err) && err.code === 'NOT_FOUND')) return err;
     try {
-      await this.client(rec.workerId).status(ref);
+      await (await this.client(rec.workerId)).status(ref);
       return err;
     } catch (statusErr) {
       if (!(isStacyError(statusErr) && statusErr.code === 'NOT_FOUND')) return err;
@@ -1066,8 +1275,13 @@ export class SandboxService {
     return notFound(`sandbox not found: ${rec.id} (its runtime is gone)`);
   }
 
-  execLogs(id: string, limit: number, ctx: CallContext): Promise<ExecLogEntry[]> {
-    return this.get(id, ctx).then(() => this.o.store.execLogs.list(id, limit));
+  async execLogs(id: string, limit: number, ctx: CallContext): Promise<ExecLogEntry[]> {
+    await this.get(id, ctx);
+    // Rows of execs that already answered are written after their reply: wait
+    // for those (one round of deferred starts, then the writes they queued).
+    await Promise.all([...this.pending]);
+    await Promise.all([...this.pending]);
+    return this.o.store.execLogs.list(id, limit);
   }
 
   /** Counts of live sandboxes by state, for metrics. */

@@ -76,4 +76,55 @@ describe('RoutingWorkerDirectory', () => {
     expect(dir.unreachableReason(record('ok', { rpc_url: 'http://127.0.0.1:1' }))).toBeUndefined();
     expect(advertisedRpcUrl(record('x', { rpc_url: 42 }))).toBe('');
   });
+
+  it('looks a worker it has not met up in the registry, and says why one cannot be called', async () => {
+    const registry = new Map<string, WorkerRecord>();
+    const lookups: string[] = [];
+    const dir = new RoutingWorkerDirectory(
+      local,
+      (id, url) => fakeRemote(id, url, []),
+      silentLogger,
+      async (id) => {
+        lookups.push(id);
+        return registry.get(id);
+      },
+    );
+    expect(await dir.resolve('local')).toBe(local);
+    expect(await dir.resolve('w9')).toBeUndefined();
+    expect(dir.whyUnreachable('w9')).toBe('it is not in the worker registry');
+    // A worker that heartbeats to another control plane: only the registry knows it.
+    registry.set('w9', record('w9', { rpc_url: 'http://127.0.0.1:7439' }));
+    const found = await dir.resolve('w9');
+    expect(found?.workerId).toBe('w9');
+    expect(dir.client('w9')).toBe(found);
+    expect(await dir.resolve('w9')).toBe(found);
+    expect(lookups).toEqual(['w9', 'w9']);
+    // Another control plane's own worker that it does not serve over RPC.
+    registry.set('cp-b', { ...record('cp-b', {}), capabilities: ['api', 'control_plane'] });
+    expect(await dir.resolve('cp-b')).toBeUndefined();
+    expect(dir.whyUnreachable('cp-b')).toContain(
+      'own worker of another control plane, which does not serve it to other control planes (set worker.listen_addr there)',
+    );
+  });
+
+  it('refresh picks up workers and moved RPC URLs from a registry read', () => {
+    const made: string[] = [];
+    const dir = new RoutingWorkerDirectory(
+      local,
+      (id, url) => {
+        made.push(`${id}@${url}`);
+        return fakeRemote(id, url, []);
+      },
+      silentLogger,
+    );
+    const callable = dir.refresh([
+      record('w1', { rpc_url: 'http://127.0.0.1:1' }),
+      record('w2', {}),
+      record('local', {}),
+    ]);
+    expect(callable).toBe(2);
+    expect(dir.client('w1')).toBeDefined();
+    dir.refresh([record('w1', { rpc_url: 'http://127.0.0.1:2' })]);
+    expect(made).toEqual(['w1@http://127.0.0.1:1', 'w1@http://127.0.0.1:2']);
+  });
 });

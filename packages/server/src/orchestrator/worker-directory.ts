@@ -1,5 +1,6 @@
 import type { Logger } from '../domain/logger.js';
 import type { WorkerRecord } from '../domain/worker.js';
+import { CONTROL_PLANE_CAPABILITY } from '../domain/worker.js';
 import type { CallOptions } from '../providers/provider.js';
 import type { WorkerClient, WorkerDirectory } from '../rpc/worker-client.js';
 
@@ -32,11 +33,17 @@ interface Entry {
 }
 
 /**
- * Every worker the control plane can reach: its own in-process `local`
- * worker, and a worker-RPC client per remote worker, (re)built whenever a
- * heartbeat advertises a new RPC URL. A worker deleted from the registry
- * keeps its client, so its sandboxes stay reachable until it is gone for
- * real (the liveness sweep handles that).
+ * Every worker the control plane can reach: its own in-process worker, and
+ * a worker-RPC client per other worker (remote workers, and the own workers
+ * of other control planes that serve them), (re)built whenever a heartbeat
+ * or a registry read shows a new RPC URL. A worker deleted from the
+ * registry keeps its client, so its sandboxes stay reachable until it is
+ * gone for real (the liveness sweep handles that).
+ *
+ * With several control planes a worker may heartbeat to another one, so
+ * this process learns about it from the registry: {@link resolve} looks an
+ * unknown worker up there, and {@link refresh} (called on an interval)
+ * picks up moved RPC URLs.
  */
 export class RoutingWorkerDirectory implements WorkerDirectory {
   private readonly remotes = new Map<string, Entry>();
@@ -46,11 +53,36 @@ export class RoutingWorkerDirectory implements WorkerDirectory {
     private readonly local: WorkerClient,
     private readonly factory: RemoteClientFactory,
     private readonly logger: Logger,
+    /** Reads a worker's registry record (the store); without it {@link resolve} only knows what it observed. */
+    private readonly lookup?: (workerId: string) => Promise<WorkerRecord | undefined>,
   ) {}
 
   client(workerId: string): WorkerClient | undefined {
     if (workerId === this.local.workerId) return this.local;
     return this.remotes.get(workerId)?.client;
+  }
+
+  async resolve(workerId: string): Promise<WorkerClient | undefined> {
+    const known = this.client(workerId);
+    if (known !== undefined || this.lookup === undefined) return known;
+    const record = await this.lookup(workerId);
+    if (record === undefined) {
+      this.refusals.set(workerId, 'it is not in the worker registry');
+      return undefined;
+    }
+    this.observe(record);
+    return this.client(workerId);
+  }
+
+  whyUnreachable(workerId: string): string | undefined {
+    return this.refusals.get(workerId);
+  }
+
+  /** Observes every record (a registry read); returns how many are callable. */
+  refresh(records: readonly WorkerRecord[]): number {
+    let callable = 0;
+    for (const w of records) if (this.observe(w) === undefined) callable += 1;
+    return callable;
   }
 
   /** The remote client of a worker (never the local one). */
@@ -66,7 +98,12 @@ export class RoutingWorkerDirectory implements WorkerDirectory {
     if (w.id === this.local.workerId) return undefined;
     const rpcUrl = advertisedRpcUrl(w);
     if (rpcUrl === '') {
-      this.refusals.set(w.id, 'advertises no rpc_url (worker runs without --listen)');
+      this.refusals.set(
+        w.id,
+        w.capabilities.includes(CONTROL_PLANE_CAPABILITY)
+          ? 'it is the own worker of another control plane, which does not serve it to other control planes (set worker.listen_addr there)'
+          : 'advertises no rpc_url (worker runs without --listen)',
+      );
       return this.refusals.get(w.id);
     }
     const cur = this.remotes.get(w.id);

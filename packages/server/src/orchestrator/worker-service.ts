@@ -4,7 +4,12 @@ import { conflict, invalidField, notFound, StacyError } from '../domain/errors.j
 import type { Lease } from '../domain/lease.js';
 import type { Logger } from '../domain/logger.js';
 import type { WorkerRecord } from '../domain/worker.js';
-import { DEFAULT_STALE_AFTER_MS, isWorkerStale, LOCAL_WORKER_ID } from '../domain/worker.js';
+import {
+  CONTROL_PLANE_CAPABILITY,
+  DEFAULT_STALE_AFTER_MS,
+  isWorkerStale,
+  LOCAL_WORKER_ID,
+} from '../domain/worker.js';
 import type { CallOptions } from '../providers/provider.js';
 import type { Store, WorkerHeartbeat } from '../store/store.js';
 import type { EventBus } from './events.js';
@@ -61,9 +66,32 @@ export class WorkerService {
     this.o.events.publish('worker.removed', undefined, { worker_id: id });
   }
 
-  async heartbeat(hb: WorkerHeartbeat): Promise<WorkerRecord> {
+  /**
+   * A heartbeat a worker process sent (the worker route). The ids of
+   * control planes' own workers are refused: `local`, this control plane's
+   * own id, and any id whose registry record carries the `control_plane`
+   * capability (another control plane's), since a worker claiming one would
+   * take over that control plane's sandboxes.
+   */
+  async remoteHeartbeat(hb: WorkerHeartbeat): Promise<WorkerRecord> {
+    const own = this.o.localWorkerId ?? LOCAL_WORKER_ID;
+    if (hb.id === LOCAL_WORKER_ID || hb.id === own) {
+      throw new StacyError('FORBIDDEN', `worker id "${hb.id}" is reserved`);
+    }
+    const existing = await this.o.store.workers.get(hb.id);
+    if (existing?.capabilities.includes(CONTROL_PLANE_CAPABILITY) === true) {
+      throw new StacyError(
+        'FORBIDDEN',
+        `worker id "${hb.id}" is reserved: a control plane's own worker is registered under it`,
+      );
+    }
+    return this.heartbeat(hb, existing);
+  }
+
+  async heartbeat(hb: WorkerHeartbeat, known?: WorkerRecord): Promise<WorkerRecord> {
     const hook = this.o.onHeartbeat;
-    const previous = hook === undefined ? undefined : await this.o.store.workers.get(hb.id);
+    const previous =
+      known ?? (hook === undefined ? undefined : await this.o.store.workers.get(hb.id));
     const record = await this.o.store.workers.upsertHeartbeat(hb, this.o.clock.nowMs());
     if (previous === undefined) {
       this.o.events.publish('worker.registered', undefined, { worker_id: hb.id });
@@ -89,6 +117,12 @@ export class WorkerService {
       throw new StacyError(
         'BAD_REQUEST',
         `worker "${id}" is the control plane's own worker; it drains when the control plane stops (SIGTERM)`,
+      );
+    }
+    if (w.capabilities.includes(CONTROL_PLANE_CAPABILITY)) {
+      throw new StacyError(
+        'BAD_REQUEST',
+        `worker "${id}" is the own worker of another control plane; it drains when that control plane stops (SIGTERM)`,
       );
     }
     const client = this.o.remotes?.remote(id);

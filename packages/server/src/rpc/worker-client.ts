@@ -108,4 +108,12 @@ export interface WorkerDirectory {
   client(workerId: string): WorkerClient | undefined;
   /** Why a registered worker cannot be called (placement passes it over); undefined when it can. */
   unreachableReason?(w: WorkerRecord): string | undefined;
+  /**
+   * The client of a worker this process has not met yet (e.g. one that
+   * heartbeats to another control plane), looked up in the registry; or
+   * undefined when it cannot be called. A known worker answers as {@link client}.
+   */
+  resolve?(workerId: string): Promise<WorkerClient | undefined>;
+  /** Why the last lookup of a worker found it uncallable; undefined when it did not. */
+  whyUnreachable?(workerId: string): string | undefined;
 }

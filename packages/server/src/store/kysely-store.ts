@@ -16,6 +16,7 @@ import { StacyError, badRequest, conflict, internalError, unavailable } from '..
 import type { Lease, LeaseToken } from '../domain/lease.js';
 import { isSandboxState } from '../domain/sandbox.js';
 import type { SandboxRecord, SandboxState } from '../domain/sandbox.js';
+import type { TemplateRecord } from '../domain/template.js';
 import type { WorkerRecord } from '../domain/worker.js';
 import { readSchemaVersion, runMigrations } from './migrations.js';
 import type { SchemaDialect } from './migrations.js';
@@ -31,6 +32,7 @@ import type {
   SandboxPatch,
   SandboxStore,
   Store,
+  TemplateStore,
   WorkerHeartbeat,
   WorkerStore,
 } from './store.js';
@@ -57,6 +59,8 @@ export interface SandboxesTable {
   worker_id: string;
   metadata: string;
   ports: string;
+  /** JSON object; '{}' when none (migration 2). */
+  env: ColumnType<string, string | undefined, string>;
   created_at: Millis;
   updated_at: Millis;
   expires_at: Millis;
@@ -116,6 +120,24 @@ export interface AuditEventsTable {
   created_at: Millis;
 }
 
+/** Row of `templates` (migration 2). */
+export interface TemplatesTable {
+  name: string;
+  version: number;
+  image: string;
+  provider: string;
+  description: string;
+  memory_mb: number;
+  cpu_cores: number;
+  ttl_seconds: BigCount;
+  env: string;
+  setup: string;
+  metadata: string;
+  ports: string;
+  created_at: Millis;
+  updated_at: Millis;
+}
+
 /** The Kysely database type of the store schema. */
 export interface StoreDatabase {
   sandboxes: SandboxesTable;
@@ -123,6 +145,7 @@ export interface StoreDatabase {
   leases: LeasesTable;
   exec_logs: ExecLogsTable;
   audit_events: AuditEventsTable;
+  templates: TemplatesTable;
 }
 
 /**
@@ -222,7 +245,9 @@ function toSandbox(row: Selectable<SandboxesTable>): SandboxRecord {
   if (!isSandboxState(row.state)) {
     throw internalError(`sandbox ${row.id} has an unknown stored state "${row.state}"`);
   }
+  const env = jsonStringMap('sandboxes.env', row.env);
   return {
+    ...(Object.keys(env).length > 0 ? { env } : {}),
     id: row.id,
     state: row.state,
     provider: row.provider,
@@ -311,9 +336,46 @@ function sandboxRow(rec: SandboxRecord): Insertable<SandboxesTable> {
     worker_id: rec.workerId,
     metadata: JSON.stringify(rec.metadata),
     ports: JSON.stringify(rec.ports),
+    env: JSON.stringify(rec.env ?? {}),
     created_at: rec.createdAtMs,
     updated_at: rec.updatedAtMs,
     expires_at: rec.expiresAtMs,
+  };
+}
+
+function toTemplate(row: Selectable<TemplatesTable>): TemplateRecord {
+  return {
+    name: row.name,
+    version: Number(row.version),
+    image: row.image,
+    provider: row.provider,
+    description: row.description,
+    memoryMb: Number(row.memory_mb),
+    vcpus: Number(row.cpu_cores),
+    ttlSeconds: Number(row.ttl_seconds),
+    env: jsonStringMap('templates.env', row.env),
+    setup: jsonArray('templates.setup', row.setup, isString),
+    metadata: jsonStringMap('templates.metadata', row.metadata),
+    ports: jsonArray('templates.ports', row.ports, isNumber),
+    createdAtMs: Number(row.created_at),
+    updatedAtMs: Number(row.updated_at),
+  };
+}
+
+/** The columns a replacement rewrites (not name, version, created_at). */
+function templateContent(rec: TemplateRecord) {
+  return {
+    image: rec.image,
+    provider: rec.provider,
+    description: storableText(rec.description),
+    memory_mb: rec.memoryMb,
+    cpu_cores: rec.vcpus,
+    ttl_seconds: rec.ttlSeconds,
+    env: JSON.stringify(rec.env),
+    setup: JSON.stringify(rec.setup),
+    metadata: JSON.stringify(rec.metadata),
+    ports: JSON.stringify(rec.ports),
+    updated_at: rec.updatedAtMs,
   };
 }
 
@@ -749,6 +811,67 @@ class SqlAuditStore implements AuditStore {
   }
 }
 
+class SqlTemplateStore implements TemplateStore {
+  constructor(private readonly run: Run) {}
+
+  insert(rec: TemplateRecord): Promise<void> {
+    requireText('template name', rec.name);
+    return this.run(
+      'insert template',
+      async (db) => {
+        await db
+          .insertInto('templates')
+          .values({
+            ...templateContent(rec),
+            name: rec.name,
+            version: rec.version,
+            created_at: rec.createdAtMs,
+          })
+          .execute();
+      },
+      () => conflict(`template ${rec.name} already exists`),
+    );
+  }
+
+  get(name: string): Promise<TemplateRecord | undefined> {
+    return this.run('get template', async (db) => {
+      const row = await db
+        .selectFrom('templates')
+        .selectAll()
+        .where('name', '=', name)
+        .executeTakeFirst();
+      return row === undefined ? undefined : toTemplate(row);
+    });
+  }
+
+  list(): Promise<TemplateRecord[]> {
+    return this.run('list templates', async (db) => {
+      const rows = await db.selectFrom('templates').selectAll().orderBy('name', 'asc').execute();
+      return rows.map(toTemplate);
+    });
+  }
+
+  replace(rec: TemplateRecord): Promise<TemplateRecord | undefined> {
+    return this.run('replace template', async (db) => {
+      // One statement: concurrent replacements each get their own version.
+      const row = await db
+        .updateTable('templates')
+        .set((eb) => ({ ...templateContent(rec), version: eb('version', '+', 1) }))
+        .where('name', '=', rec.name)
+        .returningAll()
+        .executeTakeFirst();
+      return row === undefined ? undefined : toTemplate(row);
+    });
+  }
+
+  delete(name: string): Promise<boolean> {
+    return this.run('delete template', async (db) => {
+      const res = await db.deleteFrom('templates').where('name', '=', name).executeTakeFirst();
+      return Number(res.numDeletedRows) > 0;
+    });
+  }
+}
+
 /**
  * The one SQL implementation of {@link Store}. Dialects differ only in how the
  * Kysely instance is opened and in the {@link StoreDialectAdapter}; every query
@@ -761,6 +884,7 @@ export class KyselyStore implements Store {
   readonly leases: LeaseStore;
   readonly execLogs: ExecLogStore;
   readonly audit: AuditStore;
+  readonly templates: TemplateStore;
   private readonly clock: Clock;
   private closed = false;
   private closing: Promise<void> | undefined;
@@ -778,6 +902,7 @@ export class KyselyStore implements Store {
     this.leases = new SqlLeaseStore(run);
     this.execLogs = new SqlExecLogStore(run);
     this.audit = new SqlAuditStore(run);
+    this.templates = new SqlTemplateStore(run);
   }
 
   migrate(): Promise<number[]> {

@@ -136,8 +136,59 @@ const initialSchema: Migration = {
   },
 };
 
+// Column names follow the reference's `templates` table (§4.2) where it has
+// one; `provider`, `metadata` and `ports` are additions. JSON columns are TEXT.
+const templates: Migration = {
+  version: 2,
+  description: 'templates; sandboxes.env (default exec environment)',
+  async up(db) {
+    await db.schema
+      .createTable('templates')
+      .addColumn('name', 'text', (c) => c.primaryKey())
+      .addColumn('version', 'integer', (c) => c.notNull().defaultTo(1))
+      .addColumn('image', 'text', (c) => c.notNull())
+      .addColumn('provider', 'text', (c) => c.notNull().defaultTo(''))
+      .addColumn('description', 'text', (c) => c.notNull().defaultTo(''))
+      .addColumn('memory_mb', 'integer', (c) => c.notNull())
+      .addColumn('cpu_cores', 'integer', (c) => c.notNull())
+      .addColumn('ttl_seconds', 'bigint', (c) => c.notNull())
+      .addColumn('env', 'text', (c) => c.notNull().defaultTo('{}'))
+      .addColumn('setup', 'text', (c) => c.notNull().defaultTo('[]'))
+      .addColumn('metadata', 'text', (c) => c.notNull().defaultTo('{}'))
+      .addColumn('ports', 'text', (c) => c.notNull().defaultTo('[]'))
+      .addColumn('created_at', 'bigint', (c) => c.notNull())
+      .addColumn('updated_at', 'bigint', (c) => c.notNull())
+      .execute();
+    await db.schema
+      .alterTable('sandboxes')
+      .addColumn('env', 'text', (c) => c.notNull().defaultTo('{}'))
+      .execute();
+  },
+};
+
+// Events too large for a Postgres NOTIFY payload, kept briefly for the other
+// control planes to fetch by id (store/postgres/pg-cluster.ts). Unused on SQLite.
+const clusterEvents: Migration = {
+  version: 3,
+  description: 'cluster_events (large events shared between control planes)',
+  async up(db, dialect) {
+    const id = dialect.autoIncrementId;
+    await db.schema
+      .createTable('cluster_events')
+      .addColumn('id', id.dataType, (c) => id.build(c))
+      .addColumn('payload', 'text', (c) => c.notNull())
+      .addColumn('created_at', 'bigint', (c) => c.notNull())
+      .execute();
+    await db.schema
+      .createIndex('cluster_events_created_at_idx')
+      .on('cluster_events')
+      .column('created_at')
+      .execute();
+  },
+};
+
 /** Every migration this build knows, in ascending version order. */
-export const MIGRATIONS: readonly Migration[] = [initialSchema];
+export const MIGRATIONS: readonly Migration[] = [initialSchema, templates, clusterEvents];
 
 /** The schema version this build writes and understands. */
 export const LATEST_SCHEMA_VERSION: number = MIGRATIONS.reduce(

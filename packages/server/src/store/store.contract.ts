@@ -3,6 +3,7 @@ import { StacyError } from '../domain/errors.js';
 import type { ErrorCode } from '../domain/errors.js';
 import type { LeaseToken } from '../domain/lease.js';
 import type { SandboxRecord } from '../domain/sandbox.js';
+import type { TemplateRecord } from '../domain/template.js';
 import { LATEST_SCHEMA_VERSION, MIGRATIONS } from './migrations.js';
 import type { AuditEntry, ExecLogEntry, Store, WorkerHeartbeat } from './store.js';
 
@@ -34,6 +35,26 @@ function sandbox(id: string, over: Partial<SandboxRecord> = {}): SandboxRecord {
     createdAtMs: T0,
     updatedAtMs: T0,
     expiresAtMs: T0 + 10 * MINUTE,
+    ...over,
+  };
+}
+
+function template(name: string, over: Partial<TemplateRecord> = {}): TemplateRecord {
+  return {
+    name,
+    version: 1,
+    image: 'python:3.12-slim',
+    provider: 'mock',
+    description: 'Python with requests',
+    memoryMb: 256,
+    vcpus: 2,
+    ttlSeconds: 600,
+    env: { PIP_NO_CACHE_DIR: '1', GREETING: "it's ü" },
+    setup: ['pip install requests', 'echo done > /workspace/ready'],
+    metadata: { team: 'data' },
+    ports: [3000, 8080],
+    createdAtMs: T0,
+    updatedAtMs: T0,
     ...over,
   };
 }
@@ -154,6 +175,18 @@ export function describeStoreContract(
         await store.sandboxes.insert(rec);
         expect(await store.sandboxes.get(rec.id)).toEqual(rec);
         expect(await store.sandboxes.get('sb-ffffffff')).toBeUndefined();
+      });
+
+      test('round-trips a default exec environment, and omits an empty one', async ({ store }) => {
+        const withEnv = sandbox('sb-00000001', { env: { A: '1', B_2: 'x y', C: '' } });
+        await store.sandboxes.insert(withEnv);
+        expect(await store.sandboxes.get(withEnv.id)).toEqual(withEnv);
+        const moved = await store.sandboxes.transition(withEnv.id, ['running'], 'destroying');
+        expect(moved?.env).toEqual({ A: '1', B_2: 'x y', C: '' });
+        await store.sandboxes.insert(sandbox('sb-00000002', { env: {} }));
+        const empty = await store.sandboxes.get('sb-00000002');
+        expect(empty).not.toHaveProperty('env');
+        expect(empty).toEqual(sandbox('sb-00000002'));
       });
 
       test('refuses a duplicate id with CONFLICT and keeps the original', async ({ store }) => {
@@ -520,6 +553,90 @@ export function describeStoreContract(
         expect(await store.workers.delete('w1')).toBe(false);
         expect(await store.workers.get('w1')).toBeUndefined();
         expect(await store.workers.list()).toEqual([]);
+      });
+    });
+
+    describe('templates', () => {
+      test('round-trips a template through insert and get', async ({ store }) => {
+        const rec = template('python-dev');
+        await store.templates.insert(rec);
+        expect(await store.templates.get('python-dev')).toEqual(rec);
+        expect(await store.templates.get('nope')).toBeUndefined();
+        const bare = template('bare', { env: {}, setup: [], metadata: {}, ports: [] });
+        await store.templates.insert(bare);
+        expect(await store.templates.get('bare')).toEqual(bare);
+      });
+
+      test('refuses a duplicate name with CONFLICT and keeps the original', async ({ store }) => {
+        await store.templates.insert(template('web'));
+        await expectStacyError(
+          store.templates.insert(template('web', { image: 'other' })),
+          'CONFLICT',
+          /template web already exists/,
+        );
+        expect((await store.templates.get('web'))?.image).toBe('python:3.12-slim');
+      });
+
+      test('lists by name', async ({ store }) => {
+        for (const n of ['node', 'alpine', 'python-dev', 'go.1']) {
+          await store.templates.insert(template(n));
+        }
+        expect((await store.templates.list()).map((t) => t.name)).toEqual([
+          'alpine',
+          'go.1',
+          'node',
+          'python-dev',
+        ]);
+      });
+
+      test('replaces content, keeps name and creation time, and bumps the version', async ({
+        store,
+      }) => {
+        await store.templates.insert(template('web'));
+        const next = template('web', {
+          version: 99,
+          image: 'node:20',
+          provider: '',
+          description: '',
+          memoryMb: 1024,
+          vcpus: 4,
+          ttlSeconds: 60,
+          env: { NODE_ENV: 'production' },
+          setup: ['npm ci'],
+          metadata: {},
+          ports: [],
+          createdAtMs: T0 + 500,
+          updatedAtMs: T0 + 1000,
+        });
+        const replaced = await store.templates.replace(next);
+        expect(replaced).toEqual({ ...next, version: 2, createdAtMs: T0 });
+        expect(await store.templates.get('web')).toEqual(replaced);
+        expect((await store.templates.replace(next))?.version).toBe(3);
+        expect(await store.templates.replace(template('missing'))).toBeUndefined();
+        expect(await store.templates.get('missing')).toBeUndefined();
+      });
+
+      test('gives concurrent replacements distinct versions', async ({ store }) => {
+        await store.templates.insert(template('web'));
+        const versions = await Promise.all(
+          Array.from({ length: 8 }, (_, i) =>
+            store.templates.replace(template('web', { memoryMb: 100 + i })),
+          ),
+        );
+        expect(versions.map((v) => v?.version).sort((a, b) => (a ?? 0) - (b ?? 0))).toEqual([
+          2, 3, 4, 5, 6, 7, 8, 9,
+        ]);
+        expect((await store.templates.get('web'))?.version).toBe(9);
+      });
+
+      test('deletes by name, reporting whether a row went', async ({ store }) => {
+        await store.templates.insert(template('web'));
+        expect(await store.templates.delete('web')).toBe(true);
+        expect(await store.templates.delete('web')).toBe(false);
+        expect(await store.templates.get('web')).toBeUndefined();
+        expect(await store.templates.list()).toEqual([]);
+        await store.templates.insert(template('web', { image: 'again' }));
+        expect((await store.templates.get('web'))?.version).toBe(1);
       });
     });
 

@@ -1,5 +1,6 @@
 import type { Lease, LeaseToken } from '../domain/lease.js';
 import type { SandboxRecord, SandboxState } from '../domain/sandbox.js';
+import type { TemplateRecord } from '../domain/template.js';
 import type { WorkerRecord } from '../domain/worker.js';
 
 export interface SandboxListFilter {
@@ -144,6 +145,23 @@ export interface AuditStore {
   list(filter?: AuditFilter): Promise<AuditEntry[]>;
 }
 
+export interface TemplateStore {
+  /** Inserts a new template; CONFLICT if the name exists. */
+  insert(rec: TemplateRecord): Promise<void>;
+  /** The template, or undefined when unknown. */
+  get(name: string): Promise<TemplateRecord | undefined>;
+  /** Every template, ordered by name. */
+  list(): Promise<TemplateRecord[]>;
+  /**
+   * Replaces every field of an existing template except `name`,
+   * `createdAtMs` and `version`, which grows by one (atomically). Returns the
+   * stored result, or undefined when the name is unknown.
+   */
+  replace(rec: TemplateRecord): Promise<TemplateRecord | undefined>;
+  /** True when a row was deleted. */
+  delete(name: string): Promise<boolean>;
+}
+
 /**
  * The control plane's durable state. Implementations: SQLite (embedded
  * default) and, later, Postgres; both pass the same store contract suite.
@@ -155,6 +173,7 @@ export interface Store {
   readonly leases: LeaseStore;
   readonly execLogs: ExecLogStore;
   readonly audit: AuditStore;
+  readonly templates: TemplateStore;
   /** Applies pending migrations; returns the versions applied. */
   migrate(): Promise<number[]>;
   /** Current schema version. */

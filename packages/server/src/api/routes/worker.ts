@@ -5,8 +5,7 @@
 import { Type, type Static } from '@sinclair/typebox';
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { parseDurationMs } from '../../domain/duration.js';
-import { invalidField, StacyError } from '../../domain/errors.js';
-import { LOCAL_WORKER_ID } from '../../domain/worker.js';
+import { invalidField } from '../../domain/errors.js';
 import type { WorkerService } from '../../orchestrator/worker-service.js';
 import type { WorkerAuthOptions } from '../plugins/worker-auth.js';
 import { requireWorker } from '../plugins/worker-auth.js';
@@ -53,14 +52,12 @@ export const workerRoutes: FastifyPluginAsyncTypebox<WorkerRouteDeps> = async (a
     },
     async (req) => {
       const id = req.params.id;
-      // The control plane beats for its own worker; a remote process claiming
-      // that id would hijack placement onto the control plane's runtime.
-      if (id === LOCAL_WORKER_ID) {
-        throw new StacyError('FORBIDDEN', `worker id "${LOCAL_WORKER_ID}" is reserved`);
-      }
       const body = req.body;
       const status = body.status?.trim() ?? '';
-      const record = await workers.heartbeat({
+      // Control planes beat for their own workers; a remote process claiming
+      // one of those ids would hijack placement onto a control plane's runtime:
+      // remoteHeartbeat refuses them.
+      const record = await workers.remoteHeartbeat({
         id,
         hostname: body.hostname,
         status: status === '' ? 'online' : status,

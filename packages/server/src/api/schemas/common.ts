@@ -182,3 +182,89 @@ export const ProviderInfoSchema = Type.Object({
   error: Type.Optional(Type.String()),
   capabilities: Type.Array(Type.String()),
 });
+
+export const TemplateNameParams = Type.Object({
+  name: Type.String({ description: 'Template name: [a-z0-9][a-z0-9._-]{0,62}.' }),
+});
+
+export const TemplateSchema = Type.Object(
+  {
+    name: Type.String(),
+    version: Type.Integer({ description: '1 at creation, +1 on every PUT.' }),
+    image: Type.String(),
+    provider: Type.String({ description: 'Empty: the default provider at spawn time.' }),
+    description: Type.String(),
+    memory_mb: Type.Integer(),
+    cpu_cores: Type.Integer({ description: 'vCPUs of sandboxes spawned from the template.' }),
+    ttl_seconds: Type.Integer(),
+    env: Type.Record(Type.String(), Type.String(), {
+      description: 'Default environment of every exec in the sandbox; a request env wins.',
+    }),
+    setup: Type.Array(Type.String(), {
+      description: 'Shell commands run in order right after spawn; the first failure fails it.',
+    }),
+    metadata: Type.Record(Type.String(), Type.String()),
+    ports: Type.Array(Type.Integer()),
+    created_at: Type.String({ format: 'date-time' }),
+    updated_at: Type.String({ format: 'date-time' }),
+  },
+  { $id: 'Template' },
+);
+export type TemplateWire = Static<typeof TemplateSchema>;
+
+export const TemplateBodySchema = Type.Object(
+  {
+    name: Type.Optional(
+      Type.String({ description: 'Required on POST; on PUT, if given, must match the path.' }),
+    ),
+    image: Type.Optional(Type.String({ maxLength: 512, description: 'Required.' })),
+    provider: Type.Optional(Type.String({ maxLength: 64 })),
+    description: Type.Optional(Type.String()),
+    memory_mb: Type.Optional(Type.Integer({ minimum: 16, maximum: 1048576 })),
+    cpu_cores: Type.Optional(Type.Integer({ minimum: 1, maximum: 256 })),
+    vcpus: Type.Optional(
+      Type.Integer({ minimum: 1, maximum: 256, description: 'Same as cpu_cores.' }),
+    ),
+    ttl_seconds: Type.Optional(Type.Integer({ minimum: 1 })),
+    ttl: Type.Optional(DurationString('Same as ttl_seconds; whole seconds.')),
+    env: Type.Optional(Type.Record(Type.String(), Type.String())),
+    setup: Type.Optional(Type.Array(Type.String())),
+    setup_commands: Type.Optional(Type.Array(Type.String(), { description: 'Same as setup.' })),
+    metadata: Type.Optional(
+      Type.Record(Type.String({ maxLength: 128 }), Type.String({ maxLength: 4096 })),
+    ),
+    ports: Type.Optional(
+      Type.Array(Type.Integer({ minimum: 1, maximum: 65535 }), {
+        maxItems: 64,
+        description: 'Preview ports of spawned sandboxes (default [3000]).',
+      }),
+    ),
+    allowed_hosts: Type.Optional(
+      Type.Array(Type.String(), { description: 'Not supported: must be empty.' }),
+    ),
+    secrets: Type.Optional(
+      Type.Array(Type.Unknown(), { description: 'Not supported: must be empty.' }),
+    ),
+    pool_size: Type.Optional(Type.Integer({ description: 'Not supported: must be 0.' })),
+  },
+  { additionalProperties: true },
+);
+export type TemplateBody = Static<typeof TemplateBodySchema>;
+
+export const TemplateSpawnBodySchema = Type.Object(
+  {
+    provider: Type.Optional(Type.String({ maxLength: 64 })),
+    ttl: Type.Optional(DurationString('Lifetime; default the template ttl_seconds.')),
+    owner_id: Type.Optional(Type.String({ maxLength: 128 })),
+    metadata: Type.Optional(
+      Type.Record(Type.String({ maxLength: 128 }), Type.String({ maxLength: 4096 }), {
+        description: "Merged over the template's metadata; template is set to the template name.",
+      }),
+    ),
+    env: Type.Optional(
+      Type.Record(Type.String(), Type.String(), { description: "Merged over the template's env." }),
+    ),
+  },
+  { additionalProperties: true },
+);
+export type TemplateSpawnBody = Static<typeof TemplateSpawnBodySchema>;

@@ -193,6 +193,11 @@ export class MockProvider implements Provider {
   private readonly clock: Clock;
   /** Process groups started per sandbox that may still have members. */
   private readonly groups = new Map<string, Set<number>>();
+  /**
+   * `realpath(baseDir)`, resolved once: the base directory is configuration,
+   * and what lies under it is still checked per call by {@link rootOf}.
+   */
+  private realBase: string | undefined;
 
   constructor(options: MockProviderOptions = {}) {
     this.baseDir =
@@ -679,8 +684,8 @@ export class MockProvider implements Provider {
     return join(this.baseDir, `${id}.console.log`);
   }
 
-  private async log(id: string, line: string): Promise<void> {
-    const stamp = new Date(this.clock.nowMs()).toISOString();
+  private async log(id: string, line: string, atMs = this.clock.nowMs()): Promise<void> {
+    const stamp = new Date(atMs).toISOString();
     await appendFile(this.logPath(id), `${stamp} ${line}\n`);
   }
 
@@ -691,8 +696,11 @@ export class MockProvider implements Provider {
    * operation it describes.
    */
   private tryLog(id: string, line: string): void {
+    const stamp = this.clock.nowMs();
     const next = (this.logWrites.get(id) ?? Promise.resolve())
-      .then(() => this.log(id, line))
+      // Started after this turn of the event loop: the exec's answer goes out first.
+      .then(() => new Promise<void>((resolve) => setImmediate(resolve)))
+      .then(() => this.log(id, line, stamp))
       .catch(() => undefined);
     this.logWrites.set(id, next);
     void next.then(() => {
@@ -717,7 +725,15 @@ export class MockProvider implements Provider {
   /** The sandbox's root as a realpath; NOT_FOUND when it does not exist. */
   private async rootOf(runtimeId: string): Promise<string> {
     const id = this.checkId(runtimeId);
+    // Fast path (the exec hot path): one lstat. A real directory (not a
+    // symlink) directly under the resolved base is its own realpath.
+    if (this.realBase !== undefined) {
+      const root = join(this.realBase, id);
+      const st = await lstat(root).catch(() => undefined);
+      if (st?.isDirectory() === true) return root;
+    }
     try {
+      if (this.realBase === undefined) this.realBase = await realpath(this.baseDir);
       const root = await realpath(join(this.baseDir, id));
       if ((await stat(root)).isDirectory()) return root;
     } catch (err) {

@@ -101,6 +101,11 @@ export function describePostgresDsn(dsn: string): PostgresTarget {
   return { host, port, database, user, description };
 }
 
+/** Replaces the DSN and its password wherever they occur in `text` with `***`. */
+export function postgresRedactor(dsn: string): (text: string) => string {
+  return redactor(parseDsn(dsn).secrets);
+}
+
 function redactor(secrets: readonly string[]): (text: string) => string {
   return (text) => {
     let out = text;
