@@ -11,6 +11,7 @@
 //        b. one control plane on PostgreSQL,
 //        c. two control planes on the same PostgreSQL database, the clients split evenly
 //           between them (each client creates and deletes through the same one);
+//      a runs first in odd runs and last in even ones (b and c are always back to back);
 //   2. lease acquire latency (p50/p99) through the Store API of the build
 //      (packages/server/dist/store), in this process, SQLite vs PostgreSQL, interleaved in
 //      rounds: 1 caller in flight, then --concurrency callers in flight.
@@ -59,7 +60,7 @@ function usage() {
   return `usage: node bench/store/run.mjs [options]
 
   --seconds S           measuring time of each throughput phase (default 8); warm-up adds 1 s
-  --concurrency C       clients in every throughput phase, split across the CPs (default 8)
+  --concurrency C       clients in every throughput phase, split across the CPs (default 4)
   --lease-iterations N  lease acquire samples per store and mode (default 2000)
   --runs R              repeat the whole measurement R times and print medians (default 1)
   --pg-durable          run PostgreSQL with fsync and synchronous_commit on (default off,
@@ -78,7 +79,7 @@ function parseOptions(argv) {
     args: argv,
     options: {
       seconds: { type: 'string', default: '8' },
-      concurrency: { type: 'string', default: '8' },
+      concurrency: { type: 'string', default: '4' },
       'lease-iterations': { type: 'string', default: '2000' },
       runs: { type: 'string', default: '1' },
       'pg-durable': { type: 'boolean', default: false },
@@ -425,11 +426,17 @@ async function oneRun({ runIndex, opts, cluster, dir, keys, live }) {
     }
   };
 
-  // a. one CP on SQLite
-  const sq = await cp('sqlite', { driver: 'sqlite' }, 'cp-1');
-  live.add(sq);
-  const sqlite = await throughputPhase({ phase: 'sq', cps: [sq], cluster: undefined, opts });
-  await stopAll();
+  // a. one CP on SQLite: first in odd runs, last in even ones, so drift in the machine's load
+  // does not always favour the same side.
+  const sqlitePhase = async () => {
+    const proc = await cp('sqlite', { driver: 'sqlite' }, 'cp-1');
+    live.add(proc);
+    const r = await throughputPhase({ phase: 'sq', cps: [proc], cluster: undefined, opts });
+    await stopAll();
+    return { proc, r };
+  };
+  const sqliteFirst = runIndex % 2 === 1;
+  const first = sqliteFirst ? await sqlitePhase() : undefined;
 
   // b. one CP on Postgres
   const pg1 = await cp('pg-cp1', { driver: 'postgres', dsn: pgDsn }, 'cp-1');
@@ -455,6 +462,7 @@ async function oneRun({ runIndex, opts, cluster, dir, keys, live }) {
     opts,
   });
   await stopAll();
+  const { proc: sq, r: sqlite } = first ?? (await sqlitePhase());
 
   const serverSide = (proc, phase) => ({
     create: summarize(phaseOf(proc, `${phase}-create`).responseMs),
