@@ -373,7 +373,9 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
         // Random per process unless configured: tokens then die with the process.
         tokenKey: pv.token_key === '' ? randomBytes(32) : pv.token_key,
         extendOnTrafficMs: durationMs(pv.extend_ttl_on_traffic),
+        resolveCacheTtlMs: durationMs(pv.resolve_cache_ttl),
       },
+      events,
     });
     const rejoin = new WorkerRejoin(sandboxes, logger);
     const workers = new WorkerService({
@@ -604,6 +606,7 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
         await ownRpcClosed;
         await rejoin.idle();
         await previews.drain();
+        previews.close();
         await sandboxes.drain();
         await traefikRedis?.stop();
         await directory.close();

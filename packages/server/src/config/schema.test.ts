@@ -113,6 +113,7 @@ describe('config schema', () => {
         token_key: '',
         token_key_file: '',
         extend_ttl_on_traffic: '0s',
+        resolve_cache_ttl: '1s',
         host_rewrite: false,
         upstream: 'auto',
         upstream_timeout: '60s',

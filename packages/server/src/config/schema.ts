@@ -402,6 +402,10 @@ const PreviewSection = Type.Object(
       '0s',
       'Preview traffic keeps a sandbox alive: once less than half of this is left, its expiry becomes now + this (at most defaults.max_ttl), at most once per tenth of it. 0s = off.',
     ),
+    resolve_cache_ttl: duration(
+      '1s',
+      "How long the gateway reuses a sandbox port's resolution (the sandbox read from the store, its worker asked for the port) instead of repeating it per request. A lifecycle event of the sandbox (destroyed, expired, state change, error) drops it at once; this bounds staleness otherwise. Tokens are still checked per request. 0s = off.",
+    ),
     host_rewrite: bool(
       false,
       'Send the sandbox Host: 127.0.0.1:{port} instead of the preview host name (for dev servers that check the Host header). X-Forwarded-Host keeps the original.',

@@ -13,6 +13,7 @@ import type { PreviewScheme } from '../domain/preview.js';
 import type { SandboxRecord } from '../domain/sandbox.js';
 import type { WorkerRecord } from '../domain/worker.js';
 import type { PreviewUpstream, RuntimeRef, WorkerDirectory } from '../rpc/worker-client.js';
+import type { EventBus, StacyEvent } from './events.js';
 import type { CallContext, SandboxService } from './sandbox-service.js';
 
 /** Preview settings, resolved from `server.preview_domain` and the `preview` config section. */
@@ -31,6 +32,11 @@ export interface PreviewSettings {
   tokenKey: Uint8Array | string;
   /** Traffic extends a sandbox's expiry to now + this (0 = off), at most `max_ttl`. */
   extendOnTrafficMs: number;
+  /**
+   * `preview.resolve_cache_ttl`: how long a successful resolution is reused
+   * (0 or absent = every request reads the store and asks the worker).
+   */
+  resolveCacheTtlMs?: number;
 }
 
 export interface PreviewServiceOptions {
@@ -39,6 +45,23 @@ export interface PreviewServiceOptions {
   clock: Clock;
   logger: Logger;
   settings: PreviewSettings;
+  /**
+   * Lifecycle events (the cluster bus with several control planes): any
+   * event of a sandbox drops its cached resolutions at once, a worker event
+   * drops them all. Without it only the TTL bounds staleness.
+   */
+  events?: Pick<EventBus, 'subscribe'>;
+  /** Most cached resolutions (least recently used ones go first); default 10,000. */
+  resolveCacheMax?: number;
+}
+
+/** Default bound of the resolution cache. */
+export const PREVIEW_RESOLVE_CACHE_MAX = 10_000;
+
+interface CachedResolution {
+  upstream: PreviewUpstream;
+  rec: SandboxRecord;
+  expiresAtMs: number;
 }
 
 /** The preview of one sandbox port, as `GET /sandboxes/{id}/preview/{port}` returns it. */
@@ -84,9 +107,33 @@ export class PreviewService {
   private readonly lastExtendMs = new Map<string, number>();
   private readonly pending = new Set<Promise<void>>();
   private publicPortValue: number;
+  /** Successful resolutions by target, least recently used first. */
+  private readonly cache = new Map<string, CachedResolution>();
+  /** Cache keys of each sandbox, so its events drop them without a scan. */
+  private readonly cacheKeysBySandbox = new Map<string, Set<string>>();
+  /** Bumped by every invalidation: a resolution that raced one is not stored. */
+  private invalidations = 0;
+  private readonly cacheTtlMs: number;
+  private readonly cacheMax: number;
+  private readonly unsubscribe: (() => void) | undefined;
 
   constructor(private readonly o: PreviewServiceOptions) {
     this.publicPortValue = o.settings.publicPort;
+    this.cacheTtlMs = Math.max(0, o.settings.resolveCacheTtlMs ?? 0);
+    this.cacheMax = Math.max(1, o.resolveCacheMax ?? PREVIEW_RESOLVE_CACHE_MAX);
+    this.unsubscribe =
+      this.cacheTtlMs > 0 ? o.events?.subscribe((e) => this.onEvent(e)) : undefined;
+  }
+
+  /** Stops listening to lifecycle events (the cache is then bounded by its TTL alone). */
+  close(): void {
+    this.unsubscribe?.();
+    this.clearCache();
+  }
+
+  /** Cached resolutions held now (for tests and metrics). */
+  get resolveCacheSize(): number {
+    return this.cache.size;
   }
 
   get settings(): Readonly<PreviewSettings> {
@@ -105,6 +152,7 @@ export class PreviewService {
 
   /** Learns a worker's preview domain and gateway URL from its heartbeat. */
   observeWorker(w: Pick<WorkerRecord, 'id' | 'capacity'>): void {
+    const before = [this.workerDomains.get(w.id), this.workerUrls.get(w.id)];
     const domain = w.capacity['preview_domain'];
     if (typeof domain === 'string' && isPreviewDomain(domain.trim())) {
       this.workerDomains.set(w.id, domain.trim().toLowerCase());
@@ -114,6 +162,10 @@ export class PreviewService {
     const url = w.capacity['preview_url'];
     if (typeof url === 'string' && isHttpUrl(url.trim())) this.workerUrls.set(w.id, url.trim());
     else this.workerUrls.delete(w.id);
+    // Resolutions depend on both: drop them when a worker changes either.
+    if (before[0] !== this.workerDomains.get(w.id) || before[1] !== this.workerUrls.get(w.id)) {
+      this.invalidate();
+    }
   }
 
   /** The preview gateway URL a worker advertises (`capacity.preview_url`). */
@@ -170,6 +222,46 @@ export class PreviewService {
    * and be running. Its worker says how to reach the port.
    */
   async resolve(t: PreviewRequestTarget, signal?: AbortSignal): Promise<PreviewUpstream> {
+    if (this.cacheTtlMs <= 0) return this.resolveUncached(t, signal);
+    const key = cacheKey(t);
+    const now = this.o.clock.nowMs();
+    const hit = this.cache.get(key);
+    if (hit !== undefined) {
+      this.cache.delete(key);
+      if (hit.expiresAtMs > now) {
+        this.cache.set(key, hit); // most recently used last
+        this.touch(hit.rec);
+        return hit.upstream;
+      }
+      this.forgetKey(t.sandboxId, key);
+    }
+    const generation = this.invalidations;
+    const { upstream, rec } = await this.lookup(t, signal);
+    // Failures are never cached; nor is a resolution an event invalidated meanwhile.
+    if (generation === this.invalidations) {
+      this.store(key, t.sandboxId, {
+        upstream,
+        rec,
+        expiresAtMs: this.o.clock.nowMs() + this.cacheTtlMs,
+      });
+    }
+    this.touch(rec);
+    return upstream;
+  }
+
+  private async resolveUncached(
+    t: PreviewRequestTarget,
+    signal?: AbortSignal,
+  ): Promise<PreviewUpstream> {
+    const { upstream, rec } = await this.lookup(t, signal);
+    this.touch(rec);
+    return upstream;
+  }
+
+  private async lookup(
+    t: PreviewRequestTarget,
+    signal?: AbortSignal,
+  ): Promise<{ upstream: PreviewUpstream; rec: SandboxRecord }> {
     const rec = await this.o.sandboxes.get(
       t.sandboxId,
       t.tenantId === undefined ? {} : { tenantId: t.tenantId },
@@ -191,9 +283,64 @@ export class PreviewService {
       provider: rec.provider,
       runtimeId: rec.vmId === '' ? rec.id : rec.vmId,
     };
-    const up = await client.previewUpstream(ref, t.port, signal === undefined ? {} : { signal });
-    this.touch(rec);
-    return up;
+    const upstream = await client.previewUpstream(
+      ref,
+      t.port,
+      signal === undefined ? {} : { signal },
+    );
+    return { upstream, rec };
+  }
+
+  private store(key: string, sandboxId: string, entry: CachedResolution): void {
+    this.cache.delete(key);
+    this.cache.set(key, entry);
+    let keys = this.cacheKeysBySandbox.get(sandboxId);
+    if (keys === undefined) {
+      keys = new Set();
+      this.cacheKeysBySandbox.set(sandboxId, keys);
+    }
+    keys.add(key);
+    while (this.cache.size > this.cacheMax) {
+      const oldest = this.cache.keys().next();
+      if (oldest.done === true) break;
+      const old = this.cache.get(oldest.value);
+      this.cache.delete(oldest.value);
+      if (old !== undefined) this.forgetKey(old.rec.id, oldest.value);
+    }
+  }
+
+  private forgetKey(sandboxId: string, key: string): void {
+    this.cache.delete(key);
+    const keys = this.cacheKeysBySandbox.get(sandboxId);
+    if (keys === undefined) return;
+    keys.delete(key);
+    if (keys.size === 0) this.cacheKeysBySandbox.delete(sandboxId);
+  }
+
+  /** Drops the cached resolutions of one sandbox (every one when no id is given). */
+  invalidate(sandboxId?: string): void {
+    this.invalidations += 1;
+    if (sandboxId === undefined) {
+      this.clearCache();
+      return;
+    }
+    const keys = this.cacheKeysBySandbox.get(sandboxId);
+    if (keys === undefined) return;
+    for (const key of keys) this.cache.delete(key);
+    this.cacheKeysBySandbox.delete(sandboxId);
+  }
+
+  private clearCache(): void {
+    this.cache.clear();
+    this.cacheKeysBySandbox.clear();
+  }
+
+  private onEvent(e: StacyEvent): void {
+    if (e.type.startsWith('sandbox.')) {
+      if (e.sandbox_id !== undefined) this.invalidate(e.sandbox_id);
+    } else if (e.type.startsWith('worker.')) {
+      this.invalidate();
+    }
   }
 
   /** Waits for expiry extensions still being written (call before closing the store). */
@@ -232,6 +379,11 @@ export class PreviewService {
     this.pending.add(run);
     void run.finally(() => this.pending.delete(run));
   }
+}
+
+/** Everything a resolution depends on besides the sandbox itself. */
+function cacheKey(t: PreviewRequestTarget): string {
+  return `${t.sandboxId}\n${t.port}\n${t.domain}\n${t.tenantId === undefined ? '-' : `+${t.tenantId}`}`;
 }
 
 function isHttpUrl(value: string): boolean {
