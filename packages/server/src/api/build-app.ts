@@ -187,6 +187,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       await api.register(workerAdminRoutes, {
         workers: deps.workers,
         signingKey: deps.workerAuth.signingKeys[0] ?? '',
+        adminKeyConfigured: deps.auth.adminApiKey !== '',
         nowMs: deps.workerAuth.nowMs,
       });
       api.get('/openapi.json', { config: { access: 'public' }, schema: { hide: true } }, async () =>

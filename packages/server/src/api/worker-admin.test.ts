@@ -192,3 +192,27 @@ describe('admin worker routes: token issuer, drain, lease renewal', () => {
     expect(spawn.statusCode).toBe(429);
   });
 });
+
+describe('the worker token issuer without an admin key', () => {
+  it('refuses even when the API key is accepted on admin routes through admin_fallback_enabled', async () => {
+    const h = await startHarness((c) => {
+      c.auth.api_key = API_KEY;
+      c.auth.admin_api_key = '';
+      c.auth.admin_fallback_enabled = true;
+      c.auth.worker_signing_key = SIGNING_KEY;
+    });
+    try {
+      const res = await h.request({
+        method: 'POST',
+        url: '/api/v1/admin/worker-tokens',
+        headers: { 'x-api-key': API_KEY },
+        body: { worker_id: 'worker-a' },
+      });
+      expect(res.statusCode, res.body).toBe(403);
+      expect(res.body).toContain('auth.admin_api_key');
+      expect(res.body).not.toContain('stacyvm-worker-v1.');
+    } finally {
+      await h.close();
+    }
+  });
+});

@@ -138,6 +138,11 @@ describe('worker heartbeat route with every kind of worker credential', () => {
     expect((await beat(h, 'w1', creds('w1', SHARED))).statusCode).toBe(401);
   });
 
+  it('refuses a validly signed token for a worker that has its own token (no impersonation by key holders)', async () => {
+    expect((await beat(h, 'w1', creds('w1', signed('w1').token))).statusCode).toBe(401);
+    expect((await beat(h, 'w1', creds('w1', W1_TOKEN))).statusCode).toBe(200);
+  });
+
   it('accepts a signed token, also one signed with a rotation key', async () => {
     const ok = await beat(h, 'signed-w', creds('signed-w', signed('signed-w').token));
     expect(ok.statusCode, ok.body).toBe(200);
@@ -194,6 +199,15 @@ describe('worker heartbeat route with every kind of worker credential', () => {
       expect(res.statusCode).toBe(401);
       expect(res.json()).toMatchObject({ message: 'invalid or missing API key' });
     }
+  });
+
+  it("strips the control plane's reserved capability from a remote worker's heartbeat", async () => {
+    const res = await beat(h, 'shared-w', creds('shared-w', SHARED), {
+      ...HEARTBEAT,
+      capabilities: ['remote_worker', 'control_plane'],
+    });
+    expect(res.statusCode, res.body).toBe(200);
+    expect(res.json<{ capabilities: string[] }>().capabilities).toEqual(['remote_worker']);
   });
 
   it('refuses heartbeats for the reserved local worker id', async () => {

@@ -24,6 +24,7 @@ import { createControlPlane } from './control-plane.js';
 
 const API_KEY = 'api-key-0123456789abcdef0123456789abcdef';
 const ADMIN_KEY = 'admin-key-0123456789abcdef0123456789abcd';
+const CP_A_TOKEN = 'cp-a-own-token-0123456789abcdef0123456789';
 const SHARED = 'shared-worker-token-0123456789abcdef0123';
 const SIGNING_KEY = 'signing-key-0123456789abcdef0123456789ab';
 const MIN = 60_000;
@@ -76,19 +77,20 @@ describe('own worker id', () => {
     ]);
   });
 
-  it('accepts its own per-worker token (then not the shared one), else the shared one, and signing keys', () => {
+  it('accepts its own per-worker token only: never the shared token or signed tokens', () => {
     const c = defaultConfig();
     c.auth.worker_token = SHARED;
     c.auth.worker_signing_key = SIGNING_KEY;
     c.auth.worker_signing_keys = [' old ', SIGNING_KEY];
     const clock = new ManualClock();
+    // Remote workers hold the shared token and the signing key: neither opens
+    // a control plane's own worker.
     const shared = ownWorkerRpcAuth(c, 'cp-a', new Map([['w1', 'x']]), clock);
-    expect(shared.staticTokens).toEqual([SHARED]);
-    expect(shared.signingKeys).toEqual([SIGNING_KEY, 'old']);
+    expect(shared.staticTokens).toEqual([]);
+    expect(shared.signingKeys).toEqual([]);
     const own = ownWorkerRpcAuth(c, 'cp-a', new Map([['cp-a', ' mine ']]), clock);
     expect(own.staticTokens).toEqual(['mine']);
-    c.auth.worker_token = '';
-    expect(ownWorkerRpcAuth(c, 'cp-a', new Map(), clock).staticTokens).toEqual([]);
+    expect(own.signingKeys).toEqual([]);
   });
 });
 
@@ -155,6 +157,7 @@ describe('a control plane that serves its own worker to the others (worker.liste
       c.auth.admin_api_key = ADMIN_KEY;
       c.auth.worker_token = SHARED;
       c.auth.worker_signing_key = SIGNING_KEY;
+      c.auth.worker_tokens = [`cp-a=${CP_A_TOKEN}`];
       c.server.local_worker_id = 'cp-a';
       c.worker.listen_addr = '127.0.0.1:0';
     });
@@ -181,7 +184,7 @@ describe('a control plane that serves its own worker to the others (worker.liste
     expect(local.statusCode).toBe(404);
   });
 
-  it('serves its sandboxes over worker RPC to the shared token and signed rpc tokens only', async () => {
+  it('serves its sandboxes over worker RPC to its own auth.worker_tokens entry only', async () => {
     const id = await h.spawn({ ttl: '10m' });
     const sandbox = await h.request({
       method: 'GET',
@@ -211,6 +214,15 @@ describe('a control plane that serves its own worker to the others (worker.liste
       workdir: '',
       timeoutMs: 10_000,
     };
+    const client = new HttpWorkerClient({ workerId: 'cp-a', rpcUrl, token: () => CP_A_TOKEN });
+    try {
+      const out = await client.exec(ref, spec);
+      expect(out.stdout).toBe('over rpc\n');
+    } finally {
+      await client.close();
+    }
+    // What every remote worker holds (the shared token, tokens minted with the
+    // signing key) must not open a control plane's own worker.
     for (const token of [
       () => SHARED,
       () =>
@@ -219,21 +231,15 @@ describe('a control plane that serves its own worker to the others (worker.liste
           SIGNING_KEY,
           Date.now(),
         ).token,
+      () => 'nope',
     ]) {
-      const client = new HttpWorkerClient({ workerId: 'cp-a', rpcUrl, token });
+      const wrong = new HttpWorkerClient({ workerId: 'cp-a', rpcUrl, token });
       try {
-        const out = await client.exec(ref, spec);
-        expect(out.stdout).toBe('over rpc\n');
+        const err = await rejection(wrong.status(ref));
+        expect(err.message).toContain("worker cp-a refused the control plane's RPC credentials");
       } finally {
-        await client.close();
+        await wrong.close();
       }
-    }
-    const wrong = new HttpWorkerClient({ workerId: 'cp-a', rpcUrl, token: () => 'nope' });
-    try {
-      const err = await rejection(wrong.status(ref));
-      expect(err.message).toContain("worker cp-a refused the control plane's RPC credentials");
-    } finally {
-      await wrong.close();
     }
   });
 
@@ -255,7 +261,8 @@ describe('a control plane that serves its own worker to the others (worker.liste
         method: 'POST',
         url: `/api/v1/worker/${id}/heartbeat`,
         body,
-        headers: { 'x-worker-id': id, 'x-worker-token': SHARED },
+        // cp-a's own entry is the only credential for its id; even that may not beat as a worker.
+        headers: { 'x-worker-id': id, 'x-worker-token': id === 'cp-a' ? CP_A_TOKEN : SHARED },
       });
       expect(res.statusCode, `${id}: ${res.body}`).toBe(403);
       expect(res.json().message).toContain(`worker id "${id}" is reserved`);

@@ -20,7 +20,6 @@ import {
   isWorkerStale,
   resolveLocalWorkerId,
 } from '../domain/worker.js';
-import { normalizeWorkerSigningKeys } from '../domain/worker-token.js';
 import { ClusterEventBus } from '../orchestrator/cluster-events.js';
 import { EventBus } from '../orchestrator/events.js';
 import { PgClusterChannel, PgLeaderLock } from '../store/postgres/pg-cluster.js';
@@ -155,10 +154,12 @@ function readPem(key: string, file: string): Buffer {
 }
 
 /**
- * The RPC credentials a control plane's own worker accepts, by the same
- * rules as a worker process: its `auth.worker_tokens` entry if it has one
- * (then the shared token is refused for it), else `auth.worker_token`, and
- * signed `worker:rpc` tokens for its id under any of the signing keys.
+ * The RPC credentials a control plane's own worker accepts: its own
+ * `auth.worker_tokens` entry and nothing else. Remote workers hold the shared
+ * token and (in signed mode) the signing key, so accepting those would let
+ * any worker exec in, read and destroy the sandboxes on the control plane's
+ * host. Every control plane carries the same entry for each control-plane
+ * id, so they reach each other with it.
  */
 export function ownWorkerRpcAuth(
   config: StacyConfig,
@@ -167,14 +168,9 @@ export function ownWorkerRpcAuth(
   clock: Clock,
 ): WorkerRpcServerOptions['auth'] {
   const own = perWorkerTokens.get(id)?.trim() ?? '';
-  const shared = config.auth.worker_token.trim();
-  const staticTokens = own !== '' ? [own] : shared !== '' ? [shared] : [];
   return {
-    staticTokens,
-    signingKeys: normalizeWorkerSigningKeys([
-      config.auth.worker_signing_key,
-      ...config.auth.worker_signing_keys,
-    ]),
+    staticTokens: own !== '' ? [own] : [],
+    signingKeys: [],
     revokedTokenIds: [...config.auth.worker_revoked_token_ids],
     nowMs: () => clock.nowMs(),
   };
@@ -213,12 +209,13 @@ export async function startOwnWorkerRpc(o: {
   // Refuse an undialable address before anything listens.
   advertisedRpcUrl({ listenAddr: listen, advertiseAddr: w.advertise_addr, tls: tlsOn });
   const auth = ownWorkerRpcAuth(o.config, o.id, o.perWorkerTokens, o.clock);
-  if (auth.staticTokens.length === 0 && auth.signingKeys.length === 0) {
+  if (auth.staticTokens.length === 0) {
     throw new StacyError(
       'BAD_REQUEST',
       `worker.listen_addr is set, so this control plane serves its own worker "${o.id}" to the ` +
-        'other control planes, but it has no credential to check them: set auth.worker_token, an ' +
-        `auth.worker_tokens entry for "${o.id}" or auth.worker_signing_key (the same on every control plane)`,
+        `other control planes, but it has no credential to check them: add an auth.worker_tokens ` +
+        `entry "${o.id}=<token>" (the same on every control plane). The shared token and the ` +
+        'signing key are not accepted for it: every remote worker holds those.',
     );
   }
   let tls: WorkerRpcServerOptions['tls'];

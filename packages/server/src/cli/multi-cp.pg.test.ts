@@ -34,6 +34,11 @@ async function until<T>(
   }
 }
 
+const CP_TOKENS = {
+  'cp-a': 'cp-a-own-token-0123456789abcdef0123456789',
+  'cp-b': 'cp-b-own-token-0123456789abcdef0123456789',
+};
+
 describe.skipIf(adminDsn === '')(
   `two control planes on one database${skipReason ? ` (${skipReason})` : ''}`,
   () => {
@@ -49,6 +54,8 @@ describe.skipIf(adminDsn === '')(
         c.database.dsn = db.dsn;
         c.auth.api_key = API_KEY;
         c.auth.worker_token = SHARED;
+        // Each control plane's own worker opens only to its own entry (the same list everywhere).
+        c.auth.worker_tokens = [`cp-a=${CP_TOKENS['cp-a']}`, `cp-b=${CP_TOKENS['cp-b']}`];
         c.server.local_worker_id = id;
         c.worker.listen_addr = listen;
       };

@@ -236,3 +236,21 @@ describe('PreviewService resolution cache', () => {
     expect(s.service.resolveCacheSize).toBe(0);
   });
 });
+
+describe('PreviewService worker gateway URLs', () => {
+  it('uses a worker preview_url only on the host of its own rpc_url (no open proxy)', () => {
+    const s = setup({ ttlMs: 0 });
+    s.service.observeWorker({
+      id: 'w1',
+      capacity: { rpc_url: 'http://10.1.2.3:7430', preview_url: 'http://10.1.2.3:7481' },
+    });
+    expect(s.service.previewUrlOf('w1')).toBe('http://10.1.2.3:7481');
+    s.service.observeWorker({
+      id: 'w1',
+      capacity: { rpc_url: 'http://10.1.2.3:7430', preview_url: 'http://169.254.169.254' },
+    });
+    expect(s.service.previewUrlOf('w1')).toBeUndefined();
+    s.service.observeWorker({ id: 'w2', capacity: { preview_url: 'http://10.1.2.4:7481' } });
+    expect(s.service.previewUrlOf('w2')).toBeUndefined();
+  });
+});

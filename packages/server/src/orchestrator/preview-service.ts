@@ -160,8 +160,14 @@ export class PreviewService {
       this.workerDomains.delete(w.id);
     }
     const url = w.capacity['preview_url'];
-    if (typeof url === 'string' && isHttpUrl(url.trim())) this.workerUrls.set(w.id, url.trim());
-    else this.workerUrls.delete(w.id);
+    if (typeof url === 'string' && isHttpUrl(url.trim()) && sameHost(url, w.capacity['rpc_url'])) {
+      this.workerUrls.set(w.id, url.trim());
+    } else {
+      // A gateway URL on another host than the worker's own RPC address
+      // would let a worker point the control plane's gateway anywhere
+      // (cloud metadata, internal services): such a URL is not used.
+      this.workerUrls.delete(w.id);
+    }
     // Resolutions depend on both: drop them when a worker changes either.
     if (before[0] !== this.workerDomains.get(w.id) || before[1] !== this.workerUrls.get(w.id)) {
       this.invalidate();
@@ -392,6 +398,16 @@ function isHttpUrl(value: string): boolean {
     return (
       (u.protocol === 'http:' || u.protocol === 'https:') && u.username === '' && u.password === ''
     );
+  } catch {
+    return false;
+  }
+}
+
+/** True when `url` names the same host as the worker's advertised `rpc_url`. */
+function sameHost(url: string, rpcUrl: unknown): boolean {
+  if (typeof rpcUrl !== 'string') return false;
+  try {
+    return new URL(url.trim()).hostname === new URL(rpcUrl.trim()).hostname;
   } catch {
     return false;
   }

@@ -85,7 +85,10 @@ export class WorkerService {
         `worker id "${hb.id}" is reserved: a control plane's own worker is registered under it`,
       );
     }
-    return this.heartbeat(hb, existing);
+    // Capabilities that mark a control plane's own worker are not a remote
+    // worker's to claim (they would make it undrainable and lock its id).
+    const capabilities = hb.capabilities.filter((c) => c !== CONTROL_PLANE_CAPABILITY);
+    return this.heartbeat({ ...hb, capabilities }, existing);
   }
 
   async heartbeat(hb: WorkerHeartbeat, known?: WorkerRecord): Promise<WorkerRecord> {

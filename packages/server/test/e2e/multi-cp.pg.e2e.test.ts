@@ -29,6 +29,8 @@ const secret = (): string => randomBytes(24).toString('hex');
 const API_KEY = secret();
 const ADMIN_KEY = secret();
 const WORKER_TOKEN = secret();
+const CP_A_TOKEN = secret();
+const CP_B_TOKEN = secret();
 const STALE_AFTER = '4s';
 const SWEEP_INTERVAL = '500ms';
 
@@ -159,6 +161,8 @@ describe.skipIf(adminDsn === '')(
       STACYVM_AUTH_API_KEY: API_KEY,
       STACYVM_AUTH_ADMIN_API_KEY: ADMIN_KEY,
       STACYVM_AUTH_WORKER_TOKEN: WORKER_TOKEN,
+      // Each control plane's own worker opens only to its own entry (the same list everywhere).
+      STACYVM_AUTH_WORKER_TOKENS: `cp-a=${CP_A_TOKEN},cp-b=${CP_B_TOKEN}`,
       STACYVM_SERVER_LOCAL_WORKER_ID: id,
       STACYVM_SERVER_REAPER_INTERVAL: SWEEP_INTERVAL,
       STACYVM_SERVER_WORKER_STALE_AFTER: STALE_AFTER,

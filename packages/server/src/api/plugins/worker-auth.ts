@@ -108,8 +108,11 @@ function presentedToken(req: FastifyRequest): string | undefined {
 }
 
 /**
- * Checks a request's worker credentials in the reference order: signed
- * token, then the worker's own static token, then the shared token. Then
+ * Checks a request's worker credentials: a worker listed in
+ * `auth.worker_tokens` must present that token (a signed token or the shared
+ * token is refused for it); others may use a signed token, then the shared
+ * token. (The reference tried signed tokens first, letting any holder of the
+ * signing key impersonate a worker that has its own token.) Then
  * the proven worker must be the one named by the route and hold `scope`.
  *
  * @param requestedWorkerId the worker the route acts on (`:id`).
@@ -141,6 +144,13 @@ function identify(
   workerId: string,
   token: string,
 ): AuthenticatedWorker | undefined {
+  const own = o.perWorkerTokens.get(workerId);
+  if (own !== undefined) {
+    // A worker with its own token proves itself with that token only: not
+    // the shared one, and not a signed token that any holder of the
+    // signing key could mint for it.
+    return safeEqual(token, own) ? { workerId, via: 'per-worker', scopes: ALL_SCOPES } : undefined;
+  }
   const keys = normalizeWorkerSigningKeys(o.signingKeys);
   if (keys.length > 0 && token.startsWith(`${WORKER_TOKEN_PREFIX}.`)) {
     try {
@@ -157,11 +167,6 @@ function identify(
       // forged or stale token failed only helps it.
       return undefined;
     }
-  }
-  const own = o.perWorkerTokens.get(workerId);
-  if (own !== undefined) {
-    // A worker with its own token may not fall back to the shared one.
-    return safeEqual(token, own) ? { workerId, via: 'per-worker', scopes: ALL_SCOPES } : undefined;
   }
   if (o.sharedToken !== '' && safeEqual(token, o.sharedToken)) {
     return { workerId, via: 'shared', scopes: ALL_SCOPES };

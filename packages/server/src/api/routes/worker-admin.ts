@@ -22,6 +22,12 @@ export interface WorkerAdminRouteDeps {
   workers: WorkerService;
   /** Active `auth.worker_signing_key`; empty = the issuer is not configured. */
   signingKey: string;
+  /**
+   * Whether `auth.admin_api_key` is set. The issuer mints credentials for any
+   * worker id, so it answers only a real admin key: never the API key through
+   * `admin_fallback_enabled`, never an unauthenticated server.
+   */
+  adminKeyConfigured: boolean;
   nowMs: () => number;
 }
 
@@ -96,6 +102,12 @@ export const workerAdminRoutes: FastifyPluginAsyncTypebox<WorkerAdminRouteDeps> 
       },
     },
     async (req) => {
+      if (!deps.adminKeyConfigured) {
+        throw new StacyError(
+          'FORBIDDEN',
+          'the worker token issuer needs auth.admin_api_key (the API key is not accepted for it, even with admin_fallback_enabled)',
+        );
+      }
       if (deps.signingKey.trim() === '') {
         throw new StacyError(
           'UNAVAILABLE',
