@@ -62,6 +62,40 @@ export async function expectStacyError(
   return err;
 }
 
+/**
+ * A streamed body of `chunks` chunks of `chunkBytes` patterned bytes (each
+ * numbered), and the sha256 it hashes to once it has been consumed.
+ */
+export function patternedBody(
+  chunkBytes: number,
+  chunks: number,
+): { body: AsyncGenerator<Uint8Array>; sha256: () => string } {
+  const expected = createHash('sha256');
+  async function* body(): AsyncGenerator<Uint8Array> {
+    for (let i = 0; i < chunks; i++) {
+      const chunk = Buffer.alloc(chunkBytes, i % 251);
+      chunk.writeUInt32BE(i, 0);
+      expected.update(chunk);
+      await Promise.resolve();
+      yield chunk;
+    }
+  }
+  return { body: body(), sha256: () => expected.digest('hex') };
+}
+
+/** Reads a body to its end without keeping it: byte count and sha256. */
+export async function digestOf(
+  body: AsyncIterable<Uint8Array>,
+): Promise<{ total: number; sha256: string }> {
+  const actual = createHash('sha256');
+  let total = 0;
+  for await (const c of body) {
+    actual.update(c);
+    total += c.byteLength;
+  }
+  return { total, sha256: actual.digest('hex') };
+}
+
 export async function readAll(body: AsyncIterable<Uint8Array>): Promise<Buffer> {
   const parts: Buffer[] = [];
   for await (const chunk of body) parts.push(Buffer.from(chunk));
@@ -370,27 +404,14 @@ export function describeProviderContract(
       it('writes a streamed body of several MiB byte for byte', async ({ sb }) => {
         const chunkBytes = 64 * 1024;
         const chunks = 64;
-        const expected = createHash('sha256');
-        async function* body(): AsyncGenerator<Uint8Array> {
-          for (let i = 0; i < chunks; i++) {
-            const chunk = Buffer.alloc(chunkBytes, i % 251);
-            chunk.writeUInt32BE(i, 0);
-            expected.update(chunk);
-            await Promise.resolve();
-            yield chunk;
-          }
-        }
-        await sb.provider.writeFile(sb.id, '/workspace/big.bin', body(), 0o644);
+        const source = patternedBody(chunkBytes, chunks);
+        await sb.provider.writeFile(sb.id, '/workspace/big.bin', source.body, 0o644);
         const read = await sb.provider.readFile(sb.id, '/workspace/big.bin');
         expect(read.size).toBe(chunkBytes * chunks);
-        const actual = createHash('sha256');
-        let total = 0;
-        for await (const c of read.body) {
-          actual.update(c);
-          total += c.byteLength;
-        }
-        expect(total).toBe(chunkBytes * chunks);
-        expect(actual.digest('hex')).toBe(expected.digest('hex'));
+        expect(await digestOf(read.body)).toEqual({
+          total: chunkBytes * chunks,
+          sha256: source.sha256(),
+        });
       });
 
       it('takes relative paths from /workspace', async ({ sb }) => {

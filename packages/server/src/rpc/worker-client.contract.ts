@@ -6,7 +6,6 @@
  * `/workspace`).
  */
 import { execFileSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -17,7 +16,13 @@ import { TIMEOUT_EXIT_CODE } from '../domain/exec.js';
 import type { ExecEvent } from '../domain/exec.js';
 import type { LeaseToken } from '../domain/lease.js';
 import { newSandboxId } from '../domain/sandbox.js';
-import { expectStacyError, readAll, spec } from '../providers/provider.contract.js';
+import {
+  digestOf,
+  expectStacyError,
+  patternedBody,
+  readAll,
+  spec,
+} from '../providers/provider.contract.js';
 import type { RuntimeRef, WorkerClient } from './worker-client.js';
 
 export { expectStacyError, readAll, spec };
@@ -494,27 +499,14 @@ export function describeWorkerClientContract(
       it('streams a file of several MiB both ways byte for byte', async ({ sb }) => {
         const chunkBytes = 256 * 1024;
         const chunks = 22; // 5.5 MiB
-        const expected = createHash('sha256');
-        async function* body(): AsyncGenerator<Uint8Array> {
-          for (let i = 0; i < chunks; i++) {
-            const chunk = Buffer.alloc(chunkBytes, i % 251);
-            chunk.writeUInt32BE(i, 0);
-            expected.update(chunk);
-            await Promise.resolve();
-            yield chunk;
-          }
-        }
-        await sb.client.writeFile(sb.ref, '/workspace/big.bin', body(), 0o644);
+        const source = patternedBody(chunkBytes, chunks);
+        await sb.client.writeFile(sb.ref, '/workspace/big.bin', source.body, 0o644);
         const read = await sb.client.readFile(sb.ref, '/workspace/big.bin');
         expect(read.size).toBe(chunkBytes * chunks);
-        const actual = createHash('sha256');
-        let total = 0;
-        for await (const c of read.body) {
-          actual.update(c);
-          total += c.byteLength;
-        }
-        expect(total).toBe(chunkBytes * chunks);
-        expect(actual.digest('hex')).toBe(expected.digest('hex'));
+        expect(await digestOf(read.body)).toEqual({
+          total: chunkBytes * chunks,
+          sha256: source.sha256(),
+        });
       });
 
       it('refuses a body whose source fails, leaving no file', async ({ sb }) => {
