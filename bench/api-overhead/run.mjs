@@ -26,6 +26,7 @@ import { repeat } from '../lib/loops.mjs';
 import { cpuMeter, rssMb } from '../lib/proc.mjs';
 import {
   BenchError,
+  positiveOption,
   cleanEnv,
   phaseOf,
   requireBuild,
@@ -71,13 +72,7 @@ function parseOptions(argv) {
     console.log(usage());
     process.exit(0);
   }
-  const positive = (name, raw, integer) => {
-    const n = Number(raw);
-    if (!Number.isFinite(n) || n <= 0 || (integer && !Number.isInteger(n))) {
-      throw new BenchError(`--${name} must be a positive ${integer ? 'integer' : 'number'}`);
-    }
-    return n;
-  };
+  const positive = positiveOption;
   return {
     iterations: positive('iterations', values.iterations, true),
     seconds: positive('seconds', values.seconds, false),

@@ -22,6 +22,15 @@ const TAIL_LINES = 40;
 /** A failure that must end the run with exit 1 (a process did not start, a request failed). */
 export class BenchError extends Error {}
 
+/** A positive number (integer when asked) from a `--name` option, or a BenchError naming it. */
+export function positiveOption(name, raw, integer) {
+  const n = Number(raw);
+  if (!Number.isFinite(n) || n <= 0 || (integer && !Number.isInteger(n))) {
+    throw new BenchError(`--${name} must be a positive ${integer ? 'integer' : 'number'}`);
+  }
+  return n;
+}
+
 /** Throws a BenchError unless every file of the build is there. */
 export function requireBuild(files = [MAIN_JS]) {
   for (const f of files) {

@@ -38,6 +38,7 @@ import { within } from '../lib/loops.mjs';
 import { cpuMeter, rssMb } from '../lib/proc.mjs';
 import {
   BenchError,
+  positiveOption,
   cleanEnv,
   requireBuild,
   startServer as startStacyvm,
@@ -88,13 +89,7 @@ function parseOptions(argv) {
     console.log(usage());
     process.exit(0);
   }
-  const positive = (name, raw, integer) => {
-    const n = Number(raw);
-    if (!Number.isFinite(n) || n <= 0 || (integer && !Number.isInteger(n))) {
-      throw new BenchError(`--${name} must be a positive ${integer ? 'integer' : 'number'}`);
-    }
-    return n;
-  };
+  const positive = positiveOption;
   return {
     seconds: positive('seconds', values.seconds, false),
     iterations: positive('iterations', values.iterations, true),

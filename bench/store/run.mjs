@@ -35,6 +35,7 @@ import { clusterPids, startPgCluster } from '../lib/pg.mjs';
 import { cpuMeter, cpuMs, rssMb } from '../lib/proc.mjs';
 import {
   BenchError,
+  positiveOption,
   DIST,
   MAIN_JS,
   cleanEnv,
@@ -93,13 +94,7 @@ function parseOptions(argv) {
     console.log(usage());
     process.exit(0);
   }
-  const positive = (name, raw, integer) => {
-    const n = Number(raw);
-    if (!Number.isFinite(n) || n <= 0 || (integer && !Number.isInteger(n))) {
-      throw new BenchError(`--${name} must be a positive ${integer ? 'integer' : 'number'}`);
-    }
-    return n;
-  };
+  const positive = positiveOption;
   const concurrency = positive('concurrency', values.concurrency, true);
   if (concurrency < 2) throw new BenchError('--concurrency must be at least 2 (split over 2 CPs)');
   return {
