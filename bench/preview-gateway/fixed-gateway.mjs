@@ -24,6 +24,7 @@ const upstream = { kind: 'direct', host: '127.0.0.1', port: appPort };
 const gateway = createPreviewGateway({
   domains: () => ['localhost'],
   resolve: async () => upstream,
+  resolveCached: () => upstream,
   publicScheme: 'http',
   logger: silentLogger,
 });

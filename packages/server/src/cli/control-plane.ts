@@ -546,6 +546,7 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
       ? createPreviewGateway({
           domains: () => previews.domains(),
           resolve: (target, signal) => previews.resolve(target, signal),
+          resolveCached: (target) => previews.cached(target),
           ...(pv.private ? { tokenKey: previews.settings.tokenKey } : {}),
           cookieMaxAgeMs: durationMs(pv.token_ttl),
           publicScheme: pv.public_scheme,

@@ -539,8 +539,9 @@ async function runWorker(io: Io, flags: WorkerFlags): Promise<void> {
     });
     const agentRef = agent;
     if (!settings.once && settings.listenAddr !== '' && settings.previewListen !== '') {
+      const previewDomains = [settings.previewDomain];
       preview = createPreviewGateway({
-        domains: () => [settings.previewDomain],
+        domains: () => previewDomains,
         resolve: createRuntimeResolver(runtime),
         // Only the control plane calls this gateway; it checked any preview token already.
         hopAuth: (id, token) => agentRef.checkRpcCredentials(id, token),

@@ -170,6 +170,29 @@ describe('PreviewService resolution cache', () => {
     expect(s.service.resolveCacheSize).toBe(0);
   });
 
+  it('answers cached() synchronously only with a fresh entry: none before a resolve, after the TTL or after an event', async () => {
+    const s = setup({ ttlMs: 1_000 });
+    s.sandboxes.set('sb-0000000a', record('sb-0000000a'));
+    expect(s.service.cached(s.target('sb-0000000a'))).toBeUndefined();
+    const first = await s.service.resolve(s.target('sb-0000000a'));
+    expect(s.service.cached(s.target('sb-0000000a'))).toEqual(first);
+    // Another port or tenant is another entry.
+    expect(s.service.cached(s.target('sb-0000000a', 3001))).toBeUndefined();
+    expect(s.service.cached(s.target('sb-0000000a', 3000, 't1'))).toBeUndefined();
+    s.clock.advance(1_000);
+    expect(s.service.cached(s.target('sb-0000000a'))).toBeUndefined();
+    expect(s.service.resolveCacheSize).toBe(0);
+    await s.service.resolve(s.target('sb-0000000a'));
+    s.events.publish('sandbox.state_changed', 'sb-0000000a');
+    expect(s.service.cached(s.target('sb-0000000a'))).toBeUndefined();
+    expect(s.calls).toEqual({ get: 2, upstream: 2 });
+    // With the cache off nothing is ever held.
+    const off = setup({ ttlMs: 0 });
+    off.sandboxes.set('sb-0000000b', record('sb-0000000b'));
+    await off.service.resolve(off.target('sb-0000000b'));
+    expect(off.service.cached(off.target('sb-0000000b'))).toBeUndefined();
+  });
+
   it('never caches failures', async () => {
     const s = setup({ ttlMs: 60_000 });
     await expect(s.service.resolve(s.target('sb-00000007'))).rejects.toMatchObject({

@@ -103,6 +103,8 @@ const CTX = { requestId: 'preview-gateway', actor: 'system:preview' };
  */
 export class PreviewService {
   private readonly workerDomains = new Map<string, string>();
+  /** {@link domains}, computed again only when a worker's domain changes. */
+  private domainList: string[] | undefined;
   private readonly workerUrls = new Map<string, string>();
   private readonly lastExtendMs = new Map<string, number>();
   private readonly pending = new Set<Promise<void>>();
@@ -169,6 +171,7 @@ export class PreviewService {
       this.workerUrls.delete(w.id);
     }
     // Resolutions depend on both: drop them when a worker changes either.
+    if (before[0] !== this.workerDomains.get(w.id)) this.domainList = undefined;
     if (before[0] !== this.workerDomains.get(w.id) || before[1] !== this.workerUrls.get(w.id)) {
       this.invalidate();
     }
@@ -192,14 +195,16 @@ export class PreviewService {
     return out;
   }
 
-  /** Every domain the gateway serves. */
-  domains(): string[] {
+  /** Every domain the gateway serves (the gateway asks per request: kept until a worker's changes). */
+  domains(): readonly string[] {
+    if (this.domainList !== undefined) return this.domainList;
     const all = new Set<string>();
     if (this.o.settings.defaultDomain !== '') {
       all.add(this.o.settings.defaultDomain.toLowerCase());
     }
     for (const d of this.workerDomains.values()) all.add(d);
-    return [...all];
+    this.domainList = [...all];
+    return this.domainList;
   }
 
   /** The URL (and, for private previews, a token) of one sandbox port. NOT_FOUND for unknown ids. */
@@ -229,18 +234,9 @@ export class PreviewService {
    */
   async resolve(t: PreviewRequestTarget, signal?: AbortSignal): Promise<PreviewUpstream> {
     if (this.cacheTtlMs <= 0) return this.resolveUncached(t, signal);
+    const held = this.cached(t);
+    if (held !== undefined) return held;
     const key = cacheKey(t);
-    const now = this.o.clock.nowMs();
-    const hit = this.cache.get(key);
-    if (hit !== undefined) {
-      this.cache.delete(key);
-      if (hit.expiresAtMs > now) {
-        this.cache.set(key, hit); // most recently used last
-        this.touch(hit.rec);
-        return hit.upstream;
-      }
-      this.forgetKey(t.sandboxId, key);
-    }
     const generation = this.invalidations;
     const { upstream, rec } = await this.lookup(t, signal);
     // Failures are never cached; nor is a resolution an event invalidated meanwhile.
@@ -253,6 +249,26 @@ export class PreviewService {
     }
     this.touch(rec);
     return upstream;
+  }
+
+  /**
+   * The cached resolution of a target, if one is held and fresh (the
+   * sandbox's traffic counts as with {@link resolve}); else undefined, and
+   * {@link resolve} does the work. Lets the gateway proxy without a promise.
+   */
+  cached(t: PreviewRequestTarget): PreviewUpstream | undefined {
+    if (this.cacheTtlMs <= 0) return undefined;
+    const key = cacheKey(t);
+    const hit = this.cache.get(key);
+    if (hit === undefined) return undefined;
+    this.cache.delete(key);
+    if (hit.expiresAtMs <= this.o.clock.nowMs()) {
+      this.forgetKey(t.sandboxId, key);
+      return undefined;
+    }
+    this.cache.set(key, hit); // most recently used last
+    this.touch(hit.rec);
+    return hit.upstream;
   }
 
   private async resolveUncached(

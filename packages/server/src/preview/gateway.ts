@@ -14,26 +14,19 @@
  * upstream that does not send headers in time 504. Tokens never reach a log
  * line or the sandbox.
  */
-import {
-  Agent as HttpAgent,
-  createServer as createHttpServer,
-  request as httpRequest,
-} from 'node:http';
+import { createServer as createHttpServer, request as httpRequest } from 'node:http';
 import type {
-  ClientRequest,
   IncomingHttpHeaders,
   IncomingMessage,
   RequestOptions,
   Server,
   ServerResponse,
 } from 'node:http';
-import {
-  Agent as HttpsAgent,
-  createServer as createHttpsServer,
-  request as httpsRequest,
-} from 'node:https';
+import { createServer as createHttpsServer, request as httpsRequest } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { Agent as UndiciAgent } from 'undici';
+import type { Dispatcher } from 'undici';
 import { isStacyError } from '../domain/errors.js';
 import type { Logger } from '../domain/logger.js';
 import {
@@ -83,6 +76,12 @@ export interface PreviewGatewayOptions {
   /** Preview domains served; read per request (workers may add theirs). */
   domains: () => readonly string[];
   resolve: PreviewResolver;
+  /**
+   * A resolution the resolver already holds (its cache), answered at once:
+   * the request is then proxied without waiting on a promise. Absent, or
+   * undefined for a target, means ask {@link resolve}.
+   */
+  resolveCached?: (target: PreviewTarget) => PreviewUpstream | undefined;
   /** Private previews: every request needs a token signed with this key. */
   tokenKey?: Uint8Array | string;
   /** Lifetime a cookie set from a query token may have at most (it never outlives the token). */
@@ -147,6 +146,8 @@ const GATEWAY_OWNED = new Set([
 ]);
 const FORWARDED = ['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port'];
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS']);
+/** Error code of an upstream that did not connect or answer in time. */
+const UPSTREAM_TIMEOUT = 'STACYVM_UPSTREAM_TIMEOUT';
 
 interface Failure {
   status: number;
@@ -181,13 +182,7 @@ function wantsJson(req: IncomingMessage): boolean {
 }
 
 const NO_TOKENS: ReadonlySet<string> = new Set<string>();
-
-/** Connection tokens named in a Connection header, lower case. */
-function connectionTokens(headers: IncomingHttpHeaders): ReadonlySet<string> {
-  const raw = headers.connection;
-  if (raw === undefined || raw === '') return NO_TOKENS;
-  return tokensOf([raw]);
-}
+const PLAIN_CONNECTION = /^\s*(?:keep-alive|close)\s*$/i;
 
 /** Connection tokens of every Connection line of a raw header list, lower case. */
 function rawConnectionTokens(raw: readonly string[]): ReadonlySet<string> {
@@ -195,7 +190,9 @@ function rawConnectionTokens(raw: readonly string[]): ReadonlySet<string> {
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const name = raw[i] ?? '';
     if (name.length === 10 && name.toLowerCase() === 'connection') {
-      (values ??= []).push(raw[i + 1] ?? '');
+      const value = raw[i + 1] ?? '';
+      // The usual values name nothing but headers that are hop-by-hop anyway.
+      if (!PLAIN_CONNECTION.test(value)) (values ??= []).push(value);
     }
   }
   return values === undefined ? NO_TOKENS : tokensOf(values);
@@ -260,9 +257,9 @@ const STATUS_TEXT: Record<number, string> = {
   508: 'Loop Detected',
 };
 
-/** The upstream request a client request currently waits on (a retry replaces it). */
+/** The upstream exchange a client request currently waits on (a retry replaces it). */
 interface InFlight {
-  preq: ClientRequest | undefined;
+  exchange: UpstreamExchange | undefined;
 }
 
 /** What the gateway decided about a request before proxying it. */
@@ -282,8 +279,10 @@ interface Admitted {
 
 class Gateway implements PreviewGateway {
   readonly server: Server;
-  private readonly directAgent = new HttpAgent({ keepAlive: true, maxFreeSockets: 256 });
-  private readonly relayAgents = new Map<string, HttpAgent>();
+  /** Keep-alive connections to sandbox ports (undici: one pool per origin, dropped when idle). */
+  private readonly directDispatcher: UndiciAgent;
+  /** Connections to worker gateways, by origin (each with its TLS settings). */
+  private readonly relayDispatchers = new Map<string, UndiciAgent>();
   private readonly upgraded = new Set<Duplex>();
   private readonly upstreamTimeoutMs: number;
   private readonly nowMs: () => number;
@@ -294,6 +293,7 @@ class Gateway implements PreviewGateway {
   constructor(private readonly o: PreviewGatewayOptions) {
     this.upstreamTimeoutMs = o.upstreamTimeoutMs ?? 60_000;
     this.nowMs = o.nowMs ?? Date.now;
+    this.directDispatcher = this.newDispatcher({});
     const common = {
       headersTimeout: o.headersTimeoutMs ?? 30_000,
       // Bodies stream to the sandbox as they arrive; a slow upload only holds its own connection.
@@ -303,16 +303,11 @@ class Gateway implements PreviewGateway {
       noDelay: true,
     };
     const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
-      this.handle(req, res).catch((err: unknown) => {
-        this.o.logger.error({ err: (err as Error).message }, 'preview request failed');
-        if (!res.headersSent)
-          this.page(
-            req,
-            res,
-            fail(502, 'gateway_error', 'Preview unavailable', 'The preview gateway failed.'),
-          );
-        else res.destroy();
-      });
+      try {
+        this.handle(req, res);
+      } catch (err) {
+        this.requestFailed(req, res, err);
+      }
     };
     this.server =
       o.tls === undefined
@@ -374,9 +369,8 @@ class Gateway implements PreviewGateway {
   close(graceMs = 5_000): Promise<void> {
     this.closing ??= new Promise<void>((resolve) => {
       const finish = (): void => {
-        this.directAgent.destroy();
-        for (const a of this.relayAgents.values()) a.destroy();
-        resolve();
+        const dispatchers = [this.directDispatcher, ...this.relayDispatchers.values()];
+        void Promise.allSettled(dispatchers.map((d) => d.destroy())).then(() => resolve());
       };
       if (!this.server.listening) {
         for (const s of this.upgraded) s.destroy();
@@ -582,7 +576,18 @@ class Gateway implements PreviewGateway {
 
   // ---- HTTP -------------------------------------------------------------------------
 
-  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  private requestFailed(req: IncomingMessage, res: ServerResponse, err: unknown): void {
+    this.o.logger.error({ err: (err as Error).message }, 'preview request failed');
+    if (!res.headersSent)
+      this.page(
+        req,
+        res,
+        fail(502, 'gateway_error', 'Preview unavailable', 'The preview gateway failed.'),
+      );
+    else res.destroy();
+  }
+
+  private handle(req: IncomingMessage, res: ServerResponse): void {
     const a = this.admit(req, false);
     if ('status' in a) {
       this.page(req, res, a);
@@ -599,21 +604,40 @@ class Gateway implements PreviewGateway {
       res.end();
       return;
     }
+    // A resolution the resolver holds already: proxy at once, no promise in between.
+    const known = this.o.resolveCached?.(a.target);
+    if (known !== undefined) {
+      this.proxy(req, res, a, known);
+      return;
+    }
+    this.resolveThenProxy(req, res, a).catch((err: unknown) => this.requestFailed(req, res, err));
+  }
+
+  private async resolveThenProxy(
+    req: IncomingMessage,
+    res: ServerResponse,
+    a: Admitted,
+  ): Promise<void> {
     const ac = new AbortController();
-    // One listener for the request's whole life: a client that goes away aborts the
-    // resolution, then the upstream request in flight (retries included).
-    const flight: InFlight = { preq: undefined };
-    res.once('close', () => {
-      if (res.writableFinished) return;
-      ac.abort(new Error('client went away'));
-      flight.preq?.destroy();
-    });
+    // A client that goes away while the sandbox is being resolved aborts the resolution.
+    const onGone = (): void => ac.abort(new Error('client went away'));
+    res.once('close', onGone);
     const up = await this.resolveUpstream(a, ac.signal);
-    if (ac.signal.aborted) return;
+    res.off('close', onGone);
+    if (ac.signal.aborted || res.destroyed) return;
     if ('status' in up) {
       this.page(req, res, up);
       return;
     }
+    this.proxy(req, res, a, up);
+  }
+
+  /** Sends the request upstream; a client that goes away aborts it (retries included). */
+  private proxy(req: IncomingMessage, res: ServerResponse, a: Admitted, up: PreviewUpstream): void {
+    const flight: InFlight = { exchange: undefined };
+    res.once('close', () => {
+      if (!res.writableFinished) flight.exchange?.abort();
+    });
     this.forward(req, res, a, up, flight, true);
   }
 
@@ -625,55 +649,53 @@ class Gateway implements PreviewGateway {
     flight: InFlight,
     mayRetry: boolean,
   ): void {
-    const opts = this.requestOptions(req, a, up, false);
-    const preq: ClientRequest = opts.https ? httpsRequest(opts.options) : httpRequest(opts.options);
-    flight.preq = preq;
-    let answered = false;
-    let connected = false;
-    const timer = setTimeout(() => {
-      // Whether the upstream accepted the connection decides the answer (504 or 502).
-      const s = preq.socket;
-      connected = s !== null && !s.connecting;
-      preq.destroy(
-        Object.assign(new Error('upstream timeout'), { code: 'STACYVM_UPSTREAM_TIMEOUT' }),
+    const exchange = new UpstreamExchange(this, req, res, a, up, flight, mayRetry);
+    flight.exchange = exchange;
+    const headers = this.upstreamHeaders(req, a, up, false);
+    const body = hasBody(req) ? req : null;
+    const common = {
+      method: req.method ?? 'GET',
+      headers,
+      body,
+      headersTimeout: this.upstreamTimeoutMs,
+      bodyTimeout: 0,
+    };
+    if (up.kind === 'direct') {
+      this.directDispatcher.dispatch(
+        { ...common, origin: originOf('http:', up.host, up.port), path: a.path },
+        exchange,
       );
-    }, this.upstreamTimeoutMs);
+      return;
+    }
+    const url = new URL(up.url);
+    const prefix = url.pathname.replace(/\/+$/, '');
+    this.relayDispatcher(url, up.tls).dispatch(
+      { ...common, origin: url.origin, path: `${prefix}${a.path}` },
+      exchange,
+    );
+  }
 
-    preq.once('response', (pres: IncomingMessage) => {
-      answered = true;
-      clearTimeout(timer);
-      if (res.destroyed) {
-        pres.destroy();
-        return;
-      }
-      res.writeHead(pres.statusCode ?? 502, pres.statusMessage, this.responseHeaders(pres));
-      pres.pipe(res);
-      // A premature end of the upstream response is an error here ('aborted' comes first).
-      pres.once('error', () => res.destroy());
-    });
-    preq.once('error', (err: Error) => {
-      clearTimeout(timer);
-      flight.preq = undefined;
-      if (answered || res.headersSent) {
-        res.destroy();
-        return;
-      }
-      if (res.destroyed) return;
-      const code = errnoCode(err);
-      const retry =
-        mayRetry &&
-        preq.reusedSocket &&
-        !hasBody(req) &&
-        IDEMPOTENT.has(req.method ?? '') &&
-        (code === 'ECONNRESET' || code === 'EPIPE');
-      if (retry) {
-        this.forward(req, res, a, up, flight, false);
-        return;
-      }
-      this.page(req, res, this.upstreamFailure(a, up, code, connected));
-    });
-    if (hasBody(req)) req.pipe(preq);
-    else preq.end();
+  /** An upstream exchange failed: retry once where safe, else answer with a page. */
+  upstreamError(x: UpstreamExchange, err: Error): void {
+    const { req, res, a, up, flight } = x;
+    if (flight.exchange === x) flight.exchange = undefined;
+    if (x.answered || res.headersSent) {
+      res.destroy();
+      return;
+    }
+    if (res.destroyed || x.abortedByClient) return;
+    const { code, connected } = upstreamCode(err);
+    const retry =
+      x.mayRetry &&
+      !hasBody(req) &&
+      IDEMPOTENT.has(req.method ?? '') &&
+      (code === 'ECONNRESET' || code === 'EPIPE');
+    if (retry) {
+      // Most often a keep-alive connection the sandbox closed as it was reused.
+      this.forward(req, res, a, up, flight, false);
+      return;
+    }
+    this.page(req, res, this.upstreamFailure(a, up, code, connected));
   }
 
   private upstreamFailure(
@@ -685,7 +707,7 @@ class Gateway implements PreviewGateway {
     const { port, sandboxId } = a.target;
     const secs = Math.round(this.upstreamTimeoutMs / 100) / 10;
     if (up.kind === 'relay') {
-      if (code === 'STACYVM_UPSTREAM_TIMEOUT') {
+      if (code === UPSTREAM_TIMEOUT) {
         return fail(
           504,
           'upstream_timeout',
@@ -700,7 +722,7 @@ class Gateway implements PreviewGateway {
         `The worker running sandbox ${sandboxId} cannot be reached (${code ?? 'connection failed'}).`,
       );
     }
-    if (code === 'STACYVM_UPSTREAM_TIMEOUT') {
+    if (code === UPSTREAM_TIMEOUT) {
       return connected
         ? fail(
             504,
@@ -736,22 +758,30 @@ class Gateway implements PreviewGateway {
     );
   }
 
-  /** Upstream request options: headers filtered and X-Forwarded-* set. */
-  private requestOptions(
+  /** Upstream request headers: filtered, Host and X-Forwarded-* set, relay headers added. */
+  private upstreamHeaders(
     req: IncomingMessage,
     a: Admitted,
     up: PreviewUpstream,
     upgrade: boolean,
-  ): { https: boolean; options: RequestOptions } {
+  ): string[] {
     const headers: string[] = [];
-    const dropped = connectionTokens(req.headers);
     const raw = req.rawHeaders;
+    const dropped = rawConnectionTokens(raw);
+    let prior: string | undefined;
+    let upgradeTo: string | undefined;
     for (let i = 0; i + 1 < raw.length; i += 2) {
       const name = raw[i] ?? '';
       const value = raw[i + 1] ?? '';
       const lower = name.toLowerCase();
+      if (lower === 'upgrade') upgradeTo ??= value.trim();
       if (HOP_BY_HOP.has(lower) || GATEWAY_OWNED.has(lower) || dropped.has(lower)) continue;
-      if (!a.trustedHop && FORWARDED.includes(lower)) continue;
+      if (!a.trustedHop && FORWARDED.includes(lower)) {
+        const v = value.trim();
+        if (lower === 'x-forwarded-for' && v !== '')
+          prior = prior === undefined ? v : `${prior}, ${v}`;
+        continue;
+      }
       if (lower === 'cookie') {
         const kept = withoutCookie(value, PREVIEW_TOKEN_COOKIE);
         if (kept !== undefined) headers.push(name, kept);
@@ -762,7 +792,6 @@ class Gateway implements PreviewGateway {
     const host = up.kind === 'direct' && a.hostRewrite ? `127.0.0.1:${a.target.port}` : a.host;
     headers.push('Host', host);
     if (!a.trustedHop) {
-      const prior = single(req.headers['x-forwarded-for']);
       const remote = req.socket.remoteAddress ?? '';
       const publicPort = this.o.publicPort?.() ?? 0;
       const port = a.hostPort ?? (publicPort > 0 ? publicPort : defaultPortOf(this.o.publicScheme));
@@ -778,69 +807,80 @@ class Gateway implements PreviewGateway {
       );
     }
     if (upgrade) {
-      headers.push('Connection', 'Upgrade', 'Upgrade', single(req.headers.upgrade) ?? 'websocket');
+      headers.push(
+        'Connection',
+        'Upgrade',
+        'Upgrade',
+        upgradeTo === undefined || upgradeTo === '' ? 'websocket' : upgradeTo,
+      );
     }
+    if (up.kind === 'relay') {
+      if (a.hostRewrite) headers.push(HOST_REWRITE_HEADER, '1');
+      headers.push(RELAY_HOP_HEADER, '1');
+      for (const [k, v] of Object.entries(up.headers)) headers.push(k, v);
+    }
+    return headers;
+  }
+
+  /** node:http options of an upgrade request (its own connection, no pool). */
+  private upgradeOptions(
+    req: IncomingMessage,
+    a: Admitted,
+    up: PreviewUpstream,
+  ): { https: boolean; options: RequestOptions } {
     const base: RequestOptions = {
       method: req.method ?? 'GET',
-      headers,
+      headers: this.upstreamHeaders(req, a, up, true),
       setHost: false,
+      agent: false,
     };
     if (up.kind === 'direct') {
-      return {
-        https: false,
-        options: {
-          ...base,
-          host: up.host,
-          port: up.port,
-          path: a.path,
-          agent: upgrade ? false : this.directAgent,
-        },
-      };
+      return { https: false, options: { ...base, host: up.host, port: up.port, path: a.path } };
     }
-    if (a.hostRewrite) headers.push(HOST_REWRITE_HEADER, '1');
-    headers.push(RELAY_HOP_HEADER, '1');
-    for (const [k, v] of Object.entries(up.headers)) headers.push(k, v);
     const url = new URL(up.url);
     const https = url.protocol === 'https:';
     const prefix = url.pathname.replace(/\/+$/, '');
-    const tlsOptions = https ? tlsOf(up.tls) : {};
     return {
       https,
       options: {
         ...base,
-        ...tlsOptions,
+        ...(https ? tlsOf(up.tls) : {}),
         host: url.hostname.replace(/^\[|\]$/g, ''),
         port: url.port === '' ? (https ? 443 : 80) : Number(url.port),
         path: `${prefix}${a.path}`,
-        agent: upgrade ? false : this.relayAgent(url, https, up.tls),
       },
     };
   }
 
-  private relayAgent(url: URL, https: boolean, tls: RelayTls | undefined): HttpAgent {
-    const key = url.origin;
-    let agent = this.relayAgents.get(key);
-    if (agent === undefined) {
-      agent = https
-        ? new HttpsAgent({ keepAlive: true, maxFreeSockets: 256, ...tlsOf(tls) })
-        : new HttpAgent({ keepAlive: true, maxFreeSockets: 256 });
-      this.relayAgents.set(key, agent);
-    }
-    return agent;
+  private newDispatcher(tls: Record<string, unknown>): UndiciAgent {
+    return new UndiciAgent({
+      connect: { ...tls, timeout: this.upstreamTimeoutMs },
+      headersTimeout: this.upstreamTimeoutMs,
+      // Long polls and event streams may be silent for minutes.
+      bodyTimeout: 0,
+    });
   }
 
-  /** Upstream response headers without hop-by-hop ones, duplicates kept (flat raw form). */
-  private responseHeaders(pres: IncomingMessage): string[] {
-    const out: string[] = [];
-    const raw = pres.rawHeaders;
-    const dropped = rawConnectionTokens(raw);
-    for (let i = 0; i + 1 < raw.length; i += 2) {
-      const name = raw[i] ?? '';
-      const lower = name.toLowerCase();
-      if (HOP_BY_HOP.has(lower) || dropped.has(lower)) continue;
-      out.push(name, raw[i + 1] ?? '');
+  private relayDispatcher(url: URL, tls: RelayTls | undefined): UndiciAgent {
+    const key = url.origin;
+    let d = this.relayDispatchers.get(key);
+    if (d === undefined) {
+      d = this.newDispatcher(url.protocol === 'https:' ? tlsOf(tls) : {});
+      this.relayDispatchers.set(key, d);
     }
-    return out;
+    return d;
+  }
+
+  /** Answers with the upstream's status and headers; false when the client is gone. */
+  startResponse(
+    res: ServerResponse,
+    status: number,
+    statusMessage: string | undefined,
+    raw: readonly (Buffer | string)[],
+  ): boolean {
+    if (res.destroyed) return false;
+    res.writeHead(status, statusMessage ?? '', withoutHopByHop(raw.map(latin1)));
+    return true;
   }
 
   private page(req: IncomingMessage, res: ServerResponse, f: Failure): void {
@@ -894,13 +934,11 @@ class Gateway implements PreviewGateway {
       this.rawFail(socket, up);
       return;
     }
-    const opts = this.requestOptions(req, a, up, true);
+    const opts = this.upgradeOptions(req, a, up);
     const preq = opts.https ? httpsRequest(opts.options) : httpRequest(opts.options);
     let connected = false;
     const timer = setTimeout(() => {
-      preq.destroy(
-        Object.assign(new Error('upstream timeout'), { code: 'STACYVM_UPSTREAM_TIMEOUT' }),
-      );
+      preq.destroy(Object.assign(new Error('upstream timeout'), { code: UPSTREAM_TIMEOUT }));
     }, this.upstreamTimeoutMs);
     preq.once('socket', (s: Socket) => {
       if (!s.connecting) connected = true;
@@ -930,7 +968,7 @@ class Gateway implements PreviewGateway {
       // The upstream refused the upgrade: relay its answer and close.
       clearTimeout(timer);
       const lines = [`HTTP/1.1 ${pres.statusCode ?? 502} ${pres.statusMessage ?? ''}`];
-      const headers = this.responseHeaders(pres);
+      const headers = withoutHopByHop(pres.rawHeaders);
       for (let i = 0; i + 1 < headers.length; i += 2) {
         lines.push(`${headers[i] ?? ''}: ${headers[i + 1] ?? ''}`);
       }
@@ -999,6 +1037,99 @@ function tlsOf(tls: RelayTls | undefined): Record<string, unknown> {
     ...(tls.serverName === undefined ? {} : { servername: tls.serverName }),
     rejectUnauthorized: tls.insecureSkipVerify !== true,
   };
+}
+
+/** A raw header list without hop-by-hop headers and those its Connection lines name. */
+function withoutHopByHop(raw: readonly string[]): string[] {
+  const out: string[] = [];
+  const dropped = rawConnectionTokens(raw);
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = raw[i] ?? '';
+    const lower = name.toLowerCase();
+    if (HOP_BY_HOP.has(lower) || dropped.has(lower)) continue;
+    out.push(name, raw[i + 1] ?? '');
+  }
+  return out;
+}
+
+function latin1(v: Buffer | string | undefined): string {
+  return v === undefined ? '' : typeof v === 'string' ? v : v.toString('latin1');
+}
+
+function originOf(protocol: 'http:' | 'https:', host: string, port: number): string {
+  return `${protocol}//${host.includes(':') ? `[${host}]` : host}:${port}`;
+}
+
+/**
+ * What an upstream error means for the answer: undici's header and connect
+ * timeouts become the gateway's timeout (connected or not), a socket closed
+ * by the other side a reset.
+ */
+function upstreamCode(err: Error): { code: string | undefined; connected: boolean } {
+  const code = errnoCode(err);
+  if (code === 'UND_ERR_HEADERS_TIMEOUT') return { code: UPSTREAM_TIMEOUT, connected: true };
+  if (code === 'UND_ERR_CONNECT_TIMEOUT') return { code: UPSTREAM_TIMEOUT, connected: false };
+  if (code === 'UND_ERR_SOCKET') return { code: 'ECONNRESET', connected: true };
+  return { code, connected: false };
+}
+
+/**
+ * One upstream request of a client request (an undici dispatch handler): the
+ * response streams to the client as it arrives, with backpressure both ways.
+ */
+class UpstreamExchange implements Dispatcher.DispatchHandler {
+  answered = false;
+  abortedByClient = false;
+  private controller: Dispatcher.DispatchController | undefined;
+
+  constructor(
+    private readonly gateway: Gateway,
+    readonly req: IncomingMessage,
+    readonly res: ServerResponse,
+    readonly a: Admitted,
+    readonly up: PreviewUpstream,
+    readonly flight: InFlight,
+    readonly mayRetry: boolean,
+  ) {}
+
+  /** The client went away: stop the upstream request. */
+  abort(): void {
+    this.abortedByClient = true;
+    this.controller?.abort(new Error('client went away'));
+  }
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    this.controller = controller;
+    if (this.abortedByClient) controller.abort(new Error('client went away'));
+  }
+
+  onResponseStart(
+    controller: Dispatcher.DispatchController,
+    statusCode: number,
+    _headers: IncomingHttpHeaders,
+    statusMessage?: string,
+  ): void {
+    if (statusCode < 200) return; // informational: the final answer follows
+    this.answered = true;
+    const raw = Array.isArray(controller.rawHeaders) ? controller.rawHeaders : [];
+    if (!this.gateway.startResponse(this.res, statusCode, statusMessage, raw)) {
+      controller.abort(new Error('client went away'));
+    }
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (this.res.write(chunk)) return;
+    controller.pause();
+    this.res.once('drain', () => controller.resume());
+  }
+
+  onResponseEnd(): void {
+    this.res.end();
+  }
+
+  onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
+    this.gateway.upstreamError(this, err);
+  }
 }
 
 /** Builds a gateway; it does not listen until {@link PreviewGateway.listen}. */
