@@ -29,7 +29,7 @@ function typeOf(key: ConfigKeyInfo): string {
     case 'string':
       return key.minLength !== undefined && key.minLength > 0 ? 'string (non-empty)' : 'string';
     case 'duration':
-      return key.durationBound === 'positive' ? 'duration (> 0)' : 'duration (≥ 0)';
+      return `duration (${key.durationBound === 'positive' ? '> 0' : '≥ 0'}${key.durationMax === undefined ? '' : `, ≤ ${key.durationMax}`})`;
     case 'enum':
       return `one of ${(key.values ?? []).map(code).join(', ')}`;
     case 'boolean':

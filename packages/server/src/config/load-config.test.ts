@@ -69,6 +69,18 @@ const test = base.extend<{ fs: Sandbox }>({
 });
 
 describe('loadConfig lookup', () => {
+  test('bounds a duration key that has a maximum, naming the key and the bound', ({ fs }) => {
+    const err = fs.loadError({ env: { STACYVM_PREVIEW_RESOLVE_CACHE_TTL: '2m' } });
+    expect(err.details).toEqual([
+      {
+        field: 'preview.resolve_cache_ttl',
+        problem: 'must be at most 1m (got "2m") (from STACYVM_PREVIEW_RESOLVE_CACHE_TTL)',
+      },
+    ]);
+    const ok = fs.load({ env: { STACYVM_PREVIEW_RESOLVE_CACHE_TTL: '60s' } });
+    expect(ok.config.preview.resolve_cache_ttl).toBe('60s');
+  });
+
   test('returns the defaults when no file and no env var is present', ({ fs }) => {
     const loaded = fs.load();
     expect(loaded.config).toEqual(defaultConfig());

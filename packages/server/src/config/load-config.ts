@@ -380,6 +380,9 @@ function parseValue(key: ConfigKeyInfo, value: unknown): ParseResult {
       if (ns === 0 && key.durationBound === 'positive') {
         return fail(`must be greater than 0s (got "${s}")`);
       }
+      if (key.durationMax !== undefined && ns > parseDurationNs(key.durationMax)) {
+        return fail(`must be at most ${key.durationMax} (got "${s}")`);
+      }
       return { ok: true, value: s.trim() };
     }
   }

@@ -18,6 +18,7 @@ import {
 
 /** Schema option marking a string leaf as a Go duration, with its lower bound. */
 const DURATION_MARK = 'x-stacy-duration';
+const DURATION_MAX_MARK = 'x-stacy-duration-max';
 
 /** Lower bound of a duration key: `positive` refuses `0s`, `non-negative` accepts it. */
 export type DurationBound = 'positive' | 'non-negative';
@@ -30,8 +31,14 @@ function duration(
   def: string,
   description: string,
   bound: DurationBound = 'non-negative',
+  max?: string,
 ): TString {
-  return Type.String({ default: def, description, [DURATION_MARK]: bound });
+  return Type.String({
+    default: def,
+    description,
+    [DURATION_MARK]: bound,
+    ...(max === undefined ? {} : { [DURATION_MAX_MARK]: max }),
+  });
 }
 
 function int(def: number, description: string, range: { minimum?: number; maximum?: number }) {
@@ -404,7 +411,9 @@ const PreviewSection = Type.Object(
     ),
     resolve_cache_ttl: duration(
       '1s',
-      "How long the gateway reuses a sandbox port's resolution (the sandbox read from the store, its worker asked for the port) instead of repeating it per request. A lifecycle event of the sandbox (destroyed, expired, state change, error) drops it at once; this bounds staleness otherwise. Tokens are still checked per request. 0s = off.",
+      "How long the gateway reuses a sandbox port's resolution (the sandbox read from the store, its worker asked for the port) instead of repeating it per request. A lifecycle event of the sandbox (destroyed, expired, state change, error) drops it at once; this bounds staleness otherwise (at most 1m). Tokens are still checked per request. 0s = off.",
+      'non-negative',
+      '1m',
     ),
     host_rewrite: bool(
       false,
@@ -588,6 +597,8 @@ export interface ConfigKeyInfo {
   minLength?: number;
   /** Lower bound of a `duration` key. */
   durationBound?: DurationBound;
+  /** Upper bound of a `duration` key (a duration string), when it has one. */
+  durationMax?: string;
 }
 
 /** One top-level section of the schema. */
@@ -620,7 +631,14 @@ function leafInfo(schema: TSchema, path: string): ConfigKeyInfo {
   if (KindGuard.IsString(schema) && typeof def === 'string') {
     const bound: unknown = schema[DURATION_MARK];
     if (bound === 'positive' || bound === 'non-negative') {
-      return { ...base, kind: 'duration', default: def, durationBound: bound };
+      const max: unknown = schema[DURATION_MAX_MARK];
+      return {
+        ...base,
+        kind: 'duration',
+        default: def,
+        durationBound: bound,
+        ...(typeof max === 'string' ? { durationMax: max } : {}),
+      };
     }
     const info: ConfigKeyInfo = { ...base, kind: 'string', default: def };
     if (schema.minLength !== undefined) info.minLength = schema.minLength;
