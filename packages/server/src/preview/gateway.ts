@@ -25,7 +25,8 @@ import type {
 import { createServer as createHttpsServer, request as httpsRequest } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { Agent as UndiciAgent } from 'undici';
+import { isIP } from 'node:net';
+import { Agent as UndiciAgent, buildConnector } from 'undici';
 import type { Dispatcher } from 'undici';
 import { isStacyError } from '../domain/errors.js';
 import type { Logger } from '../domain/logger.js';
@@ -293,7 +294,7 @@ class Gateway implements PreviewGateway {
   constructor(private readonly o: PreviewGatewayOptions) {
     this.upstreamTimeoutMs = o.upstreamTimeoutMs ?? 60_000;
     this.nowMs = o.nowMs ?? Date.now;
-    this.directDispatcher = this.newDispatcher({});
+    this.directDispatcher = this.newDispatcher();
     const common = {
       headersTimeout: o.headersTimeoutMs ?? 30_000,
       // Bodies stream to the sandbox as they arrive; a slow upload only holds its own connection.
@@ -669,10 +670,15 @@ class Gateway implements PreviewGateway {
     }
     const url = new URL(up.url);
     const prefix = url.pathname.replace(/\/+$/, '');
-    this.relayDispatcher(url, up.tls).dispatch(
-      { ...common, origin: url.origin, path: `${prefix}${a.path}` },
-      exchange,
-    );
+    // undici would take the TLS server name from the Host header (the preview host): name
+    // the worker itself, so its certificate is checked against its own name or address.
+    const relay = {
+      ...common,
+      origin: url.origin,
+      path: `${prefix}${a.path}`,
+      servername: relayServerName(url, up.tls),
+    };
+    this.relayDispatcher(url, up.tls).dispatch(relay, exchange);
   }
 
   /** An upstream exchange failed: retry once where safe, else answer with a page. */
@@ -844,7 +850,9 @@ class Gateway implements PreviewGateway {
       https,
       options: {
         ...base,
-        ...(https ? tlsOf(up.tls) : {}),
+        ...(https
+          ? { ...tlsOf(up.tls), servername: sniOf(relayServerName(url, up.tls)) ?? '' }
+          : {}),
         host: url.hostname.replace(/^\[|\]$/g, ''),
         port: url.port === '' ? (https ? 443 : 80) : Number(url.port),
         path: `${prefix}${a.path}`,
@@ -852,9 +860,17 @@ class Gateway implements PreviewGateway {
     };
   }
 
-  private newDispatcher(tls: Record<string, unknown>): UndiciAgent {
+  private newDispatcher(tls?: Record<string, unknown>): UndiciAgent {
+    const timeout = this.upstreamTimeoutMs;
+    let connect: buildConnector.BuildOptions | buildConnector.connector = { timeout };
+    if (tls !== undefined) {
+      const connector = buildConnector({ ...tls, timeout });
+      // A request's server name is the worker's (see forward); no SNI for an IP address.
+      connect = (opts, callback) =>
+        connector({ ...opts, servername: sniOf(opts.servername) }, callback);
+    }
     return new UndiciAgent({
-      connect: { ...tls, timeout: this.upstreamTimeoutMs },
+      connect,
       headersTimeout: this.upstreamTimeoutMs,
       // Long polls and event streams may be silent for minutes.
       bodyTimeout: 0,
@@ -865,7 +881,7 @@ class Gateway implements PreviewGateway {
     const key = url.origin;
     let d = this.relayDispatchers.get(key);
     if (d === undefined) {
-      d = this.newDispatcher(url.protocol === 'https:' ? tlsOf(tls) : {});
+      d = this.newDispatcher(url.protocol === 'https:' ? tlsOf(tls) : undefined);
       this.relayDispatchers.set(key, d);
     }
     return d;
@@ -1050,6 +1066,16 @@ function withoutHopByHop(raw: readonly string[]): string[] {
     out.push(name, raw[i + 1] ?? '');
   }
   return out;
+}
+
+/** The name a worker's certificate is checked against: `serverName`, else its URL's host. */
+function relayServerName(url: URL, tls: RelayTls | undefined): string {
+  return tls?.serverName ?? url.hostname.replace(/^\[|\]$/g, '');
+}
+
+/** A TLS server name to send: none for an IP address (RFC 6066), which is checked as an IP. */
+function sniOf(name: string | null | undefined): string | undefined {
+  return name === undefined || name === null || name === '' || isIP(name) !== 0 ? undefined : name;
 }
 
 function latin1(v: Buffer | string | undefined): string {
