@@ -2,12 +2,15 @@ import { describe, expect, test } from 'vitest';
 import { ManualClock } from '../domain/clock.js';
 import type { ClusterChannel } from '../domain/cluster.js';
 import { silentLogger } from '../domain/logger.js';
-import { ClusterEventBus } from './cluster-events.js';
+import { CLUSTER_SEND_BATCH_MAX, ClusterEventBus } from './cluster-events.js';
+import type { BatchingClusterChannel } from './cluster-events.js';
 import type { StacyEvent } from './events.js';
 
 /** An in-memory stand-in for LISTEN/NOTIFY: every subscriber gets every payload, in order. */
 class FakeNetwork {
   readonly sent: string[] = [];
+  /** Sizes of the round trips that carried them (publish = 1, publishMany = its length). */
+  readonly trips: number[] = [];
   private readonly handlers = new Set<(p: string) => void>();
   failing = false;
 
@@ -18,6 +21,7 @@ class FakeNetwork {
       publish: async (payload: string): Promise<void> => {
         await Promise.resolve();
         if (this.failing) throw new Error('database is down');
+        this.trips.push(1);
         this.sent.push(payload);
         for (const h of this.handlers) h(payload);
       },
@@ -31,6 +35,22 @@ class FakeNetwork {
       },
     };
     return ch;
+  }
+
+  /** A channel that also sends batches in one round trip, as PgClusterChannel does. */
+  batchingChannel(): BatchingClusterChannel & { closed: boolean } {
+    const ch = this.channel();
+    return Object.assign(ch, {
+      publishMany: async (payloads: readonly string[]): Promise<void> => {
+        await Promise.resolve();
+        if (this.failing) throw new Error('database is down');
+        this.trips.push(payloads.length);
+        for (const payload of payloads) {
+          this.sent.push(payload);
+          for (const h of this.handlers) h(payload);
+        }
+      },
+    });
   }
 
   /** Delivers a raw payload as if another process had sent it. */
@@ -184,5 +204,58 @@ describe('ClusterEventBus', () => {
     await a.flushed();
     expect(onA).toHaveLength(1);
     expect(net.sent).toHaveLength(1);
+  });
+
+  test('events published together share one round trip, in order; later ones the next', async () => {
+    const net = new FakeNetwork();
+    const clock = new ManualClock();
+    const a = new ClusterEventBus({ clock, channel: net.batchingChannel(), logger: silentLogger });
+    const b = new ClusterEventBus({ clock, channel: net.channel(), logger: silentLogger });
+    await a.start();
+    await b.start();
+    const onB = collect(b);
+    a.publish('sandbox.created', 'sb-00000010');
+    a.publish('sandbox.running', 'sb-00000010');
+    await a.flushed();
+    expect(net.trips).toEqual([2]);
+    // Equal events are still distinct messages (a database may fold equal ones sent together).
+    a.publish('exec.started', 'sb-00000010');
+    a.publish('exec.started', 'sb-00000010');
+    await a.flushed();
+    expect(new Set(net.sent).size).toBe(4);
+    expect(onB.map((e) => e.type)).toEqual([
+      'sandbox.created',
+      'sandbox.running',
+      'exec.started',
+      'exec.started',
+    ]);
+    // While one batch is on its way, new events queue up for the next.
+    const n = CLUSTER_SEND_BATCH_MAX + 10;
+    for (let i = 0; i < n; i++) a.publish('exec.started', `sb-${String(i).padStart(8, '0')}`);
+    await Promise.resolve();
+    a.publish('sandbox.destroyed', 'sb-99999999');
+    await a.flushed();
+    expect(net.trips.slice(2)).toEqual([CLUSTER_SEND_BATCH_MAX, 11]);
+    expect(onB.slice(4).map((e) => e.sandbox_id)).toEqual([
+      ...Array.from({ length: n }, (_, i) => `sb-${String(i).padStart(8, '0')}`),
+      'sb-99999999',
+    ]);
+    expect(a.unsentTotal).toBe(0);
+  });
+
+  test('a refused batch counts every event in it unsent; sending goes on afterwards', async () => {
+    const net = new FakeNetwork();
+    const clock = new ManualClock();
+    const a = new ClusterEventBus({ clock, channel: net.batchingChannel(), logger: silentLogger });
+    net.failing = true;
+    a.publish('sandbox.created', 'sb-00000011');
+    a.publish('sandbox.running', 'sb-00000011');
+    await a.flushed();
+    expect(a.unsentTotal).toBe(2);
+    net.failing = false;
+    a.publish('sandbox.destroyed', 'sb-00000011');
+    await a.flushed();
+    expect(net.sent).toHaveLength(1);
+    expect(a.unsentTotal).toBe(2);
   });
 });

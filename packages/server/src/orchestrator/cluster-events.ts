@@ -4,9 +4,18 @@ import type { Logger } from '../domain/logger.js';
 import type { EventBusOptions, EventType, StacyEvent } from './events.js';
 import { EventBus } from './events.js';
 
+/**
+ * A cluster channel that may also send several messages in one round trip.
+ * `publishMany` delivers the payloads in order, as `publish` one after the
+ * other would; without it the bus sends them one at a time.
+ */
+export interface BatchingClusterChannel extends ClusterChannel {
+  publishMany?(payloads: readonly string[]): Promise<void>;
+}
+
 export interface ClusterEventBusOptions extends EventBusOptions {
   /** The channel every control plane on the database listens on. */
-  channel: ClusterChannel;
+  channel: BatchingClusterChannel;
   logger: Logger;
   /** This process's id on the channel, to skip its own messages; random by default. */
   instanceId?: string;
@@ -19,10 +28,18 @@ interface ClusterMessage {
   v: 1;
   /** Instance id of the control plane that published it. */
   o: string;
+  /**
+   * Its number among the publisher's messages: no two messages are the same
+   * text, so a database that folds identical notifications sent together
+   * (PostgreSQL does, within one transaction) never drops one.
+   */
+  n: number;
   e: Omit<StacyEvent, 'id'>;
 }
 
 const DEFAULT_MAX_PENDING = 10_000;
+/** Messages sent in one round trip at most. */
+export const CLUSTER_SEND_BATCH_MAX = 64;
 /** Least time between two "cannot publish" warnings. */
 const WARN_EVERY_MS = 10_000;
 
@@ -62,16 +79,23 @@ function parseMessage(
  * subscribers too. Each process numbers events itself, so `Last-Event-ID`
  * replay works against the control plane that gave out the id.
  *
- * Sending is ordered (one message at a time) and never blocks a publisher;
- * when the database cannot take messages they are dropped with a warning
- * (local subscribers still got them).
+ * Sending is ordered and never blocks a publisher: the events published
+ * while nothing is being sent (e.g. `sandbox.created` and `sandbox.running`
+ * of one spawn) go out together in one round trip when the channel can
+ * batch, then whatever queued up meanwhile, and so on. When the database
+ * cannot take messages they are dropped with a warning (local subscribers
+ * still got them).
  */
 export class ClusterEventBus extends EventBus {
   readonly instanceId: string;
-  private readonly channel: ClusterChannel;
+  private readonly channel: BatchingClusterChannel;
   private readonly logger: Logger;
   private readonly maxPending: number;
-  private queue: Promise<void> = Promise.resolve();
+  /** Payloads waiting to be sent, oldest first. */
+  private outbox: string[] = [];
+  /** The running send loop, while there is one. */
+  private sending: Promise<void> | undefined;
+  private sent = 0;
   private pending = 0;
   private dropped = 0;
   private failed = 0;
@@ -114,13 +138,13 @@ export class ClusterEventBus extends EventBus {
 
   /** Waits until every event published so far has been sent (or given up on). */
   flushed(): Promise<void> {
-    return this.queue;
+    return this.sending ?? Promise.resolve();
   }
 
   /** Stops listening after sending what is queued. */
   async close(): Promise<void> {
     this.closed = true;
-    await this.queue;
+    await this.flushed();
     await this.channel.close();
   }
 
@@ -132,18 +156,47 @@ export class ClusterEventBus extends EventBus {
       return;
     }
     const { id: _localId, ...fields } = event;
-    const message: ClusterMessage = { v: 1, o: this.instanceId, e: fields };
-    const payload = JSON.stringify(message);
+    this.sent += 1;
+    const message: ClusterMessage = { v: 1, o: this.instanceId, n: this.sent, e: fields };
+    this.outbox.push(JSON.stringify(message));
     this.pending += 1;
-    this.queue = this.queue
-      .then(() => this.channel.publish(payload))
-      .catch((err: unknown) => {
-        this.failed += 1;
-        this.warn(`cannot send an event to the other control planes: ${(err as Error).message}`);
-      })
-      .finally(() => {
-        this.pending -= 1;
-      });
+    this.sending ??= this.sendLoop();
+  }
+
+  /** Sends the outbox in order until it is empty; never rejects. */
+  private async sendLoop(): Promise<void> {
+    // Starts after the publisher's current synchronous work, so the events
+    // it publishes back to back share one round trip.
+    await Promise.resolve();
+    for (;;) {
+      if (this.outbox.length === 0) {
+        // Cleared in the same turn as the check, so a later send starts a new loop.
+        this.sending = undefined;
+        return;
+      }
+      const batch = this.outbox.splice(0, CLUSTER_SEND_BATCH_MAX);
+      if (batch.length > 1 && this.channel.publishMany !== undefined) {
+        try {
+          await this.channel.publishMany(batch);
+        } catch (err) {
+          this.sendFailed(batch.length, err);
+        }
+      } else {
+        for (const payload of batch) {
+          try {
+            await this.channel.publish(payload);
+          } catch (err) {
+            this.sendFailed(1, err);
+          }
+        }
+      }
+      this.pending -= batch.length;
+    }
+  }
+
+  private sendFailed(count: number, err: unknown): void {
+    this.failed += count;
+    this.warn(`cannot send an event to the other control planes: ${(err as Error).message}`);
   }
 
   private receive(payload: string): void {

@@ -7,6 +7,7 @@ import { StacyError, unavailable } from '../../domain/errors.js';
 import { KyselyStore } from '../kysely-store.js';
 import type { DriverErrorKind, StoreDatabase, StoreDialectAdapter } from '../kysely-store.js';
 import type { Store } from '../store.js';
+import { ConnectionStatements, isStalePreparedStatement } from './named-statements.js';
 
 /** Connections one store opens at most (`database.max_open_conns`). */
 export const PG_DEFAULT_MAX_OPEN_CONNS = 10;
@@ -170,38 +171,101 @@ export function classifyPostgresError(err: unknown): DriverErrorKind {
 
 const delay = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** One pooled connection as Kysely sees it, kept for as long as the pg client lives. */
+interface WrappedClient {
+  readonly view: PostgresPoolClient;
+  /** Set when the current checkout must not go back to the pool. */
+  broken: Error | undefined;
+}
+
 /**
- * The pool as Kysely sees it, with one change: a connection whose query
- * failed because the connection is gone (killed backend, server restart) is
- * released with that error, so the pool destroys it at once instead of
- * lending it out again before its socket's close has been noticed.
+ * The pool as Kysely sees it, with two changes:
+ * - data statements go out as named prepared statements (see
+ *   named-statements.ts), so PostgreSQL parses and plans each fixed
+ *   statement once per connection instead of on every call;
+ * - a connection whose query failed because the connection is gone (killed
+ *   backend, server restart) is released with that error, so the pool
+ *   destroys it at once instead of lending it out again before its socket's
+ *   close has been noticed. So is one whose prepared statement went stale
+ *   (another process changed a table's columns): the statement is run again
+ *   unnamed when that is safe (outside a transaction).
  */
-function discardingBrokenConnections(pool: pg.Pool): PostgresPool {
+export function preparingPool(pool: pg.Pool, options: { named?: boolean } = {}): PostgresPool {
+  const named = options.named ?? true;
+  // One view per pg client, so Kysely (which keys its connection objects by
+  // client) reuses its wrapper too.
+  const wrapped = new WeakMap<pg.PoolClient, WrappedClient>();
+
+  function wrap(client: pg.PoolClient): WrappedClient {
+    const statements = new ConnectionStatements();
+    const fail = (err: unknown): never => {
+      if (classifyPostgresError(err) === 'unavailable') {
+        state.broken = err instanceof Error ? err : new Error(String(err));
+      }
+      throw err;
+    };
+    async function run<R>(
+      text: string,
+      values: unknown[],
+      name: string | undefined,
+    ): Promise<PostgresQueryResult<R>> {
+      try {
+        const res =
+          name === undefined
+            ? await client.query(text, values)
+            : await client.query({ name, text, values });
+        return res as unknown as PostgresQueryResult<R>;
+      } catch (err) {
+        if (name !== undefined && isStalePreparedStatement(err)) {
+          // This connection holds the stale plan: it goes once released.
+          state.broken = err instanceof Error ? err : new Error(String(err));
+          if (statements.canRetry) {
+            return client
+              .query(text, values)
+              .then((res) => res as unknown as PostgresQueryResult<R>, fail);
+          }
+        }
+        return fail(err);
+      }
+    }
+    function query<R>(
+      sql: string,
+      parameters: ReadonlyArray<unknown>,
+    ): Promise<PostgresQueryResult<R>>;
+    function query<R>(cursor: PostgresCursor<R>): PostgresCursor<R>;
+    function query<R>(
+      text: string | PostgresCursor<R>,
+      parameters?: ReadonlyArray<unknown>,
+    ): Promise<PostgresQueryResult<R>> | PostgresCursor<R> {
+      if (typeof text !== 'string') throw new Error('cursors are not used by the store');
+      const values = parameters === undefined ? [] : [...parameters];
+      return run<R>(text, values, named ? statements.nameFor(text) : undefined);
+    }
+    const state: WrappedClient = {
+      view: {
+        query,
+        release: () => {
+          const broken = state.broken;
+          state.broken = undefined;
+          if (broken !== undefined) wrapped.delete(client);
+          client.release(broken);
+        },
+      },
+      broken: undefined,
+    };
+    return state;
+  }
+
   return {
     async connect(): Promise<PostgresPoolClient> {
       const client = await pool.connect();
-      let broken: Error | undefined;
-      function query<R>(
-        sql: string,
-        parameters: ReadonlyArray<unknown>,
-      ): Promise<PostgresQueryResult<R>>;
-      function query<R>(cursor: PostgresCursor<R>): PostgresCursor<R>;
-      function query<R>(
-        text: string | PostgresCursor<R>,
-        parameters?: ReadonlyArray<unknown>,
-      ): Promise<PostgresQueryResult<R>> | PostgresCursor<R> {
-        if (typeof text !== 'string') throw new Error('cursors are not used by the store');
-        return client.query(text, parameters === undefined ? [] : [...parameters]).then(
-          (res) => res as unknown as PostgresQueryResult<R>,
-          (err: unknown) => {
-            if (classifyPostgresError(err) === 'unavailable') {
-              broken = err instanceof Error ? err : new Error(String(err));
-            }
-            throw err;
-          },
-        );
+      let state = wrapped.get(client);
+      if (state === undefined) {
+        state = wrap(client);
+        wrapped.set(client, state);
       }
-      return { query, release: () => client.release(broken) };
+      state.broken = undefined;
+      return state.view;
     },
     end: () => pool.end(),
   };
@@ -313,7 +377,7 @@ export async function createPostgresStore(opts: CreatePostgresStoreOptions): Pro
     });
   }
   const db = new Kysely<StoreDatabase>({
-    dialect: new PostgresDialect({ pool: discardingBrokenConnections(pool) }),
+    dialect: new PostgresDialect({ pool: preparingPool(pool) }),
   });
   const options = opts.clock === undefined ? {} : { clock: opts.clock };
   return new KyselyStore(db, adapter, options);

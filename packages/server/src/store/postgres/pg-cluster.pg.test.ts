@@ -1,4 +1,5 @@
-import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, inject, test, vi } from 'vitest';
 import type { PgCluster, TestDatabase } from '../../../test/support/pg-cluster.js';
 import {
   createTestDatabase,
@@ -89,6 +90,45 @@ describe.skipIf(adminDsn === '')(
         });
         expect(rows).toBe(1);
       } finally {
+        await a.close();
+        await b.close();
+      }
+    });
+
+    test('publishMany: one statement for a run of payloads, delivered in order, duplicates kept', async () => {
+      const logger = recordingLogger();
+      const a = new PgClusterChannel({ dsn: db.dsn, logger });
+      const b = new PgClusterChannel({ dsn: db.dsn, logger });
+      const got: string[] = [];
+      // Every statement the channels send, by its text.
+      const spy = vi.spyOn(pg.Pool.prototype, 'query');
+      const sent = (): string[] =>
+        spy.mock.calls.map((c) => {
+          const q: unknown = c[0];
+          return typeof q === 'string' ? q : String((q as { text?: unknown }).text);
+        });
+      try {
+        await b.subscribe((p) => got.push(p));
+        const batch = Array.from({ length: 100 }, (_, i) => `{"m":${i}}`);
+        spy.mockClear();
+        await a.publishMany(batch);
+        await until('all 100', () => got.length === 100);
+        expect(got).toEqual(batch);
+        expect(sent()).toHaveLength(1);
+        expect(sent()[0]).toContain('unnest');
+
+        // Equal payloads are all delivered (each equal one starts a new
+        // statement); a large one goes through cluster_events in between.
+        got.length = 0;
+        spy.mockClear();
+        const large = JSON.stringify({ big: 'z'.repeat(PG_NOTIFY_INLINE_MAX_BYTES + 10) });
+        await a.publishMany(['same', 'same', 'x', 'same', large, 'after']);
+        await until('all 6', () => got.length === 6);
+        expect(got.slice(0, 4)).toEqual(['same', 'same', 'x', 'same']);
+        expect(got.slice(4).sort((p, q) => p.length - q.length)).toEqual(['after', large]);
+        expect(sent().filter((t) => t.includes('pg_notify'))).toHaveLength(5);
+      } finally {
+        spy.mockRestore();
         await a.close();
         await b.close();
       }

@@ -20,6 +20,14 @@ export const PG_EVENTS_CHANNEL = 'stacyvm_events';
  * (`#<id>`) is sent.
  */
 export const PG_NOTIFY_INLINE_MAX_BYTES = 7500;
+/** One inline notification. */
+const NOTIFY_ONE = 'select pg_notify($1, $2)';
+/**
+ * Several inline notifications in one statement: the function scan yields
+ * the array's elements in order, and NOTIFYs of one transaction reach
+ * listeners in the order they were sent.
+ */
+const NOTIFY_MANY = 'select pg_notify($1, p) from unnest($2::text[]) as p';
 /** Key of the session advisory lock held by the control plane that runs the sweeps ("STACSW"). */
 export const PG_SWEEP_LOCK_KEY = 0x535441435357;
 /** How long a stored large event is kept for listeners to fetch. */
@@ -98,23 +106,67 @@ export class PgClusterChannel implements ClusterChannel {
   }
 
   async publish(payload: string): Promise<void> {
+    return this.publishMany([payload]);
+  }
+
+  /**
+   * Sends several payloads in order, in as few statements as it can: a run of
+   * inline payloads goes out as one `pg_notify` per element of one array
+   * parameter (one round trip, one transaction, delivered in array order), a
+   * large payload with its own statement as {@link publish} does. Payloads
+   * equal to one earlier in the same run start a new statement: PostgreSQL
+   * folds identical notifications of one transaction into one.
+   */
+  async publishMany(payloads: readonly string[]): Promise<void> {
     if (this.closed) throw new Error('the cluster channel is closed');
     try {
-      if (Buffer.byteLength(payload, 'utf8') <= PG_NOTIFY_INLINE_MAX_BYTES) {
-        await this.pool.query('select pg_notify($1, $2)', [PG_EVENTS_CHANNEL, payload]);
-        return;
+      let run: string[] = [];
+      let seen = new Set<string>();
+      const flush = async (): Promise<void> => {
+        if (run.length === 0) return;
+        const values = run;
+        run = [];
+        seen = new Set();
+        if (values.length === 1) {
+          await this.pool.query({
+            name: 'stacy_notify_one',
+            text: NOTIFY_ONE,
+            values: [PG_EVENTS_CHANNEL, values[0]],
+          });
+        } else {
+          await this.pool.query({
+            name: 'stacy_notify_many',
+            text: NOTIFY_MANY,
+            values: [PG_EVENTS_CHANNEL, values],
+          });
+        }
+      };
+      for (const payload of payloads) {
+        if (Buffer.byteLength(payload, 'utf8') > PG_NOTIFY_INLINE_MAX_BYTES) {
+          await flush();
+          await this.publishStored(payload);
+          continue;
+        }
+        if (seen.has(payload)) await flush();
+        run.push(payload);
+        seen.add(payload);
       }
-      // One statement: the row and the notification commit together, so a
-      // listener that gets the id finds the row.
-      await this.pool.query(
-        `with stored as (insert into cluster_events (payload, created_at) values ($2, $3) returning id)
-         select pg_notify($1, '#' || id) from stored`,
-        [PG_EVENTS_CHANNEL, payload, this.nowMs()],
-      );
-      this.prune();
+      await flush();
     } catch (err) {
       throw new Error(`${this.target}: ${this.redact(message(err))}`);
     }
+  }
+
+  /** A payload too large for NOTIFY: stored in `cluster_events`, its row id notified. */
+  private async publishStored(payload: string): Promise<void> {
+    // One statement: the row and the notification commit together, so a
+    // listener that gets the id finds the row.
+    await this.pool.query(
+      `with stored as (insert into cluster_events (payload, created_at) values ($2, $3) returning id)
+         select pg_notify($1, '#' || id) from stored`,
+      [PG_EVENTS_CHANNEL, payload, this.nowMs()],
+    );
+    this.prune();
   }
 
   async subscribe(handler: (payload: string) => void): Promise<void> {
