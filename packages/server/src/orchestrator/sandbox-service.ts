@@ -114,6 +114,38 @@ function leaseToken(lease: Lease): NonNullable<RuntimeRef['lease']> {
 }
 export const MAX_METADATA_ENTRIES = 64;
 
+/** A live record the caller may see; NOT_FOUND for unknown, destroyed or other tenants' ids. */
+function visible(
+  id: string,
+  rec: SandboxRecord | undefined,
+  ctx: Pick<CallContext, 'tenantId'> | undefined,
+): SandboxRecord {
+  if (rec === undefined || rec.state === 'destroyed') throw notFound(`sandbox not found: ${id}`);
+  if (ctx?.tenantId !== undefined && ctx.tenantId !== '' && rec.tenantId !== ctx.tenantId) {
+    throw notFound(`sandbox not found: ${id}`);
+  }
+  return rec;
+}
+
+/** The record when it is `running`; CONFLICT otherwise. */
+function running(rec: SandboxRecord): SandboxRecord {
+  if (rec.state !== 'running') {
+    throw conflict(`sandbox ${rec.id} is ${rec.state}; operations need a running sandbox`);
+  }
+  return rec;
+}
+
+/** How a worker addresses the sandbox's runtime, with the owner's lease when there is one. */
+function runtimeRef(rec: SandboxRecord, lease: Lease | undefined): RuntimeRef {
+  const ref: RuntimeRef = {
+    sandboxId: rec.id,
+    provider: rec.provider,
+    runtimeId: rec.vmId === '' ? rec.id : rec.vmId,
+  };
+  if (lease !== undefined) ref.lease = leaseToken(lease);
+  return ref;
+}
+
 function quoteCommand(command: string): string {
   const oneLine = command.replace(/\s+/g, ' ').trim();
   return JSON.stringify(
@@ -174,8 +206,9 @@ export class SandboxService {
 
   /**
    * Audit rows are written in the background: the caller's reply does not
-   * wait on them (store order is kept by the store's connection queue), and
-   * {@link drain} waits for them at shutdown.
+   * wait on them, and {@link drain} waits for them at shutdown. They are
+   * queued and written in the order of the calls, one insert at a time: the
+   * rows that queue up while one is on its way go together in the next.
    */
   private audit(
     ctx: CallContext,
@@ -185,18 +218,59 @@ export class SandboxService {
     detail: string,
     resource = '',
   ): void {
-    this.background(
-      this.o.store.audit.append({
-        actor: ctx.actor,
-        action,
-        sandboxId,
-        resource,
-        status,
-        detail,
-        requestId: ctx.requestId,
-        createdAtMs: this.now(),
-      }),
-      { action, sandboxId },
+    this.auditQueue.push({
+      actor: ctx.actor,
+      action,
+      sandboxId,
+      resource,
+      status,
+      detail,
+      requestId: ctx.requestId,
+      createdAtMs: this.now(),
+    });
+    if (this.auditWriter !== undefined) return;
+    const writer = this.writeAudits();
+    this.auditWriter = writer;
+    this.pending.add(writer);
+    void writer.finally(() => this.pending.delete(writer));
+  }
+
+  private auditQueue: AuditEntry[] = [];
+  /** The loop writing {@link auditQueue}, while there is one. */
+  private auditWriter: Promise<void> | undefined;
+
+  /** Writes queued audit rows in order until none are left; never rejects. */
+  private async writeAudits(): Promise<void> {
+    // Started once the caller's synchronous work is done, so the rows it
+    // queues together go together; while one insert is on its way, the rows
+    // queued meanwhile wait and go in the next one.
+    await Promise.resolve();
+    for (;;) {
+      if (this.auditQueue.length === 0) {
+        // Cleared in the same turn as the check, so a later audit starts a new loop.
+        this.auditWriter = undefined;
+        return;
+      }
+      const batch = this.auditQueue;
+      this.auditQueue = [];
+      try {
+        await this.o.store.audit.appendMany(batch);
+      } catch (err) {
+        if (batch.length === 1) {
+          this.auditFailed(batch[0], err);
+        } else {
+          // One by one, so a row the store refuses costs only itself.
+          for (const e of batch) {
+            await this.o.store.audit.append(e).catch((one: unknown) => this.auditFailed(e, one));
+          }
+        }
+      }
+    }
+  }
+
+  private auditFailed(e: AuditEntry | undefined, err: unknown): void {
+    this.o.logger.warn(
+      { action: e?.action, sandboxId: e?.sandboxId, err: (err as Error).message },
       'audit append failed',
     );
   }
@@ -251,11 +325,10 @@ export class SandboxService {
     liveTotal: number;
   }> {
     // Counts, not rows: admission runs on every spawn and must stay cheap
-    // however many sandboxes are alive.
-    const [workers, activeByWorker] = await Promise.all([
-      this.o.store.workers.list(),
-      this.o.store.sandboxes.countByWorker({ states: [...LIVE_STATES] }),
-    ]);
+    // however many sandboxes are alive. One statement reads both, fresh on
+    // every spawn (never cached: other control planes place too).
+    const { workers, sandboxesByWorker: activeByWorker } =
+      await this.o.store.workers.listWithSandboxCounts({ states: [...LIVE_STATES] });
     let liveTotal = 0;
     for (const n of activeByWorker.values()) liveTotal += n;
     const decision = placeSandbox({
@@ -573,12 +646,7 @@ export class SandboxService {
 
   /** A live sandbox; NOT_FOUND for unknown, destroyed or other tenants' ids. */
   async get(id: string, ctx?: Pick<CallContext, 'tenantId'>): Promise<SandboxRecord> {
-    const rec = await this.o.store.sandboxes.get(id);
-    if (rec === undefined || rec.state === 'destroyed') throw notFound(`sandbox not found: ${id}`);
-    if (ctx?.tenantId !== undefined && ctx.tenantId !== '' && rec.tenantId !== ctx.tenantId) {
-      throw notFound(`sandbox not found: ${id}`);
-    }
-    return rec;
+    return visible(id, await this.o.store.sandboxes.get(id), ctx);
   }
 
   list(ctx?: Pick<CallContext, 'tenantId'>): Promise<SandboxRecord[]> {
@@ -599,9 +667,13 @@ export class SandboxService {
    * has since come back: the worker checks it, so teardown needs a valid one.
    */
   private async liveLease(rec: SandboxRecord): Promise<Lease | undefined> {
+    return this.keepLease(rec, await this.leaseFor(rec));
+  }
+
+  /** `held` (the owner's lease as read) while unexpired, else the lease taken again. */
+  private async keepLease(rec: SandboxRecord, held: Lease | undefined): Promise<Lease | undefined> {
     const now = this.now();
-    const lease = await this.leaseFor(rec);
-    if (lease !== undefined && lease.expiresAtMs > now) return lease;
+    if (held !== undefined && held.expiresAtMs > now) return held;
     try {
       return await this.o.store.leases.acquire({
         resourceId: rec.id,
@@ -621,14 +693,7 @@ export class SandboxService {
   }
 
   private async refOf(rec: SandboxRecord): Promise<RuntimeRef> {
-    const ref: RuntimeRef = {
-      sandboxId: rec.id,
-      provider: rec.provider,
-      runtimeId: rec.vmId === '' ? rec.id : rec.vmId,
-    };
-    const lease = await this.liveLease(rec);
-    if (lease !== undefined) ref.lease = leaseToken(lease);
-    return ref;
+    return runtimeRef(rec, await this.liveLease(rec));
   }
 
   /**
@@ -661,18 +726,33 @@ export class SandboxService {
 
   /** A sandbox that can take runtime operations right now. */
   private async usable(id: string, ctx: CallContext): Promise<SandboxRecord> {
-    const rec = await this.get(id, ctx);
-    if (rec.state !== 'running') {
-      throw conflict(`sandbox ${id} is ${rec.state}; operations need a running sandbox`);
-    }
-    return rec;
+    return running(await this.get(id, ctx));
+  }
+
+  /**
+   * {@link usable} and {@link refOf} together, for the exec hot path: the
+   * record and its lease come from one joined store read (a second write
+   * happens only when the lease has to be taken again).
+   */
+  private async usableRef(
+    id: string,
+    ctx: CallContext,
+  ): Promise<{ rec: SandboxRecord; ref: RuntimeRef }> {
+    const got = await this.o.store.sandboxes.getWithLease(id);
+    const rec = running(visible(id, got?.sandbox, ctx));
+    const lease = got?.lease;
+    const held = lease !== undefined && lease.holderId === rec.workerId ? lease : undefined;
+    return { rec, ref: runtimeRef(rec, await this.keepLease(rec, held)) };
   }
 
   // ---- destroy, extend, prune --------------------------------------------
 
   /** Destroys a live sandbox. A second destroy, or an unknown id, is NOT_FOUND. */
   async destroy(id: string, ctx: CallContext, reason = 'api'): Promise<void> {
-    const rec = await this.get(id, ctx);
+    // The record and its lease in one read; the lease is used (or taken
+    // again) once the record is marked.
+    const got = await this.o.store.sandboxes.getWithLease(id);
+    const rec = visible(id, got?.sandbox, ctx);
     // A worker this control plane cannot call is refused before the record
     // changes, so the sandbox stays as it was for a control plane that can.
     const client = await this.client(rec.workerId);
@@ -684,7 +764,9 @@ export class SandboxService {
         throw notFound(`sandbox not found: ${id}`);
       throw conflict(`sandbox ${id} is already being destroyed`);
     }
-    const ref = await this.refOf(rec);
+    const read = got?.lease;
+    const held = read !== undefined && read.holderId === rec.workerId ? read : undefined;
+    const ref = runtimeRef(rec, await this.keepLease(rec, held));
     try {
       await this.o.metrics.time('destroy', rec.provider, () =>
         client.destroy(ref, ctx.signal === undefined ? {} : { signal: ctx.signal }),
@@ -945,16 +1027,15 @@ export class SandboxService {
         'exec',
         rec.id,
         outcome.timedOut || ended === 'cancelled' ? 'failure' : 'success',
-        `exit=${outcome.exitCode} duration=${formatDurationMs(outcome.durationMs)} mode=${spec.mode}${streamed ? ' stream=true' : ''}${outcome.timedOut ? ' timed_out=true' : ''}${ended === 'cancelled' ? ' cancelled=true' : ''}`,
+        `exit=${outcome.exitCode} duration=${data.duration} mode=${spec.mode}${streamed ? ' stream=true' : ''}${outcome.timedOut ? ' timed_out=true' : ''}${ended === 'cancelled' ? ' cancelled=true' : ''}`,
       );
     });
   }
 
   /** Runs a command to completion. TIMEOUT when the deadline killed it. */
   async exec(id: string, request: ExecSpec, ctx: CallContext): Promise<ExecOutcome> {
-    const rec = await this.usable(id, ctx);
+    const { rec, ref } = await this.usableRef(id, ctx);
     const spec = withSandboxEnv(rec, request);
-    const ref = await this.refOf(rec);
     this.o.events.publish('exec.started', id, { mode: spec.mode, streamed: false });
     let outcome: ExecOutcome;
     try {
@@ -989,9 +1070,8 @@ export class SandboxService {
     request: ExecSpec,
     ctx: CallContext,
   ): Promise<AsyncIterable<ExecEvent>> {
-    const rec = await this.usable(id, ctx);
+    const { rec, ref } = await this.usableRef(id, ctx);
     const spec = withSandboxEnv(rec, request);
-    const ref = await this.refOf(rec);
     const source = (await this.client(rec.workerId)).execStream(
       ref,
       spec,

@@ -1,9 +1,10 @@
-import { sql } from 'kysely';
+import { CompiledQuery, sql } from 'kysely';
 import type {
   ColumnType,
   Expression,
   ExpressionBuilder,
   Generated,
+  InferResult,
   Insertable,
   Kysely,
   Selectable,
@@ -20,6 +21,7 @@ import type { TemplateRecord } from '../domain/template.js';
 import type { WorkerRecord } from '../domain/worker.js';
 import { readSchemaVersion, runMigrations } from './migrations.js';
 import type { SchemaDialect } from './migrations.js';
+import { AUDIT_APPEND_BATCH_MAX } from './store.js';
 import type {
   AcquireLeaseOptions,
   AuditEntry,
@@ -31,6 +33,7 @@ import type {
   SandboxListFilter,
   SandboxPatch,
   SandboxStore,
+  SandboxWithLease,
   Store,
   TemplateStore,
   WorkerHeartbeat,
@@ -322,6 +325,19 @@ function toAudit(row: Selectable<AuditEventsTable>): AuditEntry {
   };
 }
 
+function auditRow(e: AuditEntry): Insertable<AuditEventsTable> {
+  return {
+    actor: e.actor,
+    action: e.action,
+    sandbox_id: e.sandboxId,
+    resource: storableText(e.resource),
+    status: e.status,
+    detail: storableText(e.detail.slice(0, AUDIT_DETAIL_MAX_CHARS)),
+    request_id: e.requestId,
+    created_at: e.createdAtMs,
+  };
+}
+
 function sandboxRow(rec: SandboxRecord): Insertable<SandboxesTable> {
   return {
     id: rec.id,
@@ -431,7 +447,36 @@ function errorMessage(err: unknown): string {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** The joined sandbox + lease read of {@link SandboxStore.getWithLease}. */
+function sandboxWithLeaseQuery(db: Kysely<StoreDatabase>, id: string) {
+  return db
+    .selectFrom('sandboxes')
+    .leftJoin('leases', 'leases.resource_id', 'sandboxes.id')
+    .selectAll('sandboxes')
+    .select([
+      'leases.resource_id as lease_resource_id',
+      'leases.resource_type as lease_resource_type',
+      'leases.holder_id as lease_holder_id',
+      'leases.generation as lease_generation',
+      'leases.expires_at as lease_expires_at',
+    ])
+    .where('sandboxes.id', '=', id);
+}
+
+type SandboxWithLeaseRow = InferResult<ReturnType<typeof sandboxWithLeaseQuery>>[number];
+
+/** The SQL of {@link sandboxWithLeaseQuery}, whose one parameter is the sandbox id. */
+function compileSandboxWithLease(db: Kysely<StoreDatabase>): string {
+  const compiled = sandboxWithLeaseQuery(db, '').compile();
+  if (compiled.parameters.length !== 1) {
+    throw internalError('the sandbox-with-lease query must take exactly one parameter');
+  }
+  return compiled.sql;
+}
+
 class SqlSandboxStore implements SandboxStore {
+  private withLeaseSql: string | undefined;
+
   constructor(
     private readonly run: Run,
     private readonly clock: Clock,
@@ -455,6 +500,31 @@ class SqlSandboxStore implements SandboxStore {
         .where('id', '=', id)
         .executeTakeFirst();
       return row === undefined ? undefined : toSandbox(row);
+    });
+  }
+
+  getWithLease(id: string): Promise<SandboxWithLease | undefined> {
+    return this.run('get sandbox with lease', async (db) => {
+      // The SQL is built once: building and compiling this join costs
+      // several times what running it does, and every exec reads it.
+      this.withLeaseSql ??= compileSandboxWithLease(db);
+      const { rows } = await db.executeQuery<SandboxWithLeaseRow>(
+        CompiledQuery.raw(this.withLeaseSql, [id]),
+      );
+      const row = rows[0];
+      if (row === undefined) return undefined;
+      const got: SandboxWithLease = { sandbox: toSandbox(row) };
+      // resource_id is the leases key: null only when the join found no row.
+      if (row.lease_resource_id !== null) {
+        got.lease = {
+          resourceId: row.lease_resource_id,
+          resourceType: row.lease_resource_type ?? '',
+          holderId: row.lease_holder_id ?? '',
+          generation: Number(row.lease_generation),
+          expiresAtMs: Number(row.lease_expires_at),
+        };
+      }
+      return got;
     });
   }
 
@@ -596,6 +666,38 @@ class SqlWorkerStore implements WorkerStore {
     return this.run('list workers', async (db) => {
       const rows = await db.selectFrom('workers').selectAll().orderBy('id', 'asc').execute();
       return rows.map(toWorker);
+    });
+  }
+
+  listWithSandboxCounts(
+    filter: SandboxListFilter = {},
+  ): Promise<{ workers: WorkerRecord[]; sandboxesByWorker: Map<string, number> }> {
+    if (filter.states?.length === 0) {
+      return this.list().then((workers) => ({ workers, sandboxesByWorker: new Map() }));
+    }
+    return this.run('list workers with sandbox counts', async (db) => {
+      const counts = db
+        .selectFrom('sandboxes')
+        .select(['worker_id', (eb) => eb.fn.countAll().as('n')])
+        .where((eb) => sandboxWhere(eb, filter))
+        .groupBy('worker_id')
+        .as('c');
+      // A full join: workers without sandboxes, and counts of ids no worker row has.
+      const rows = await db
+        .selectFrom('workers')
+        .fullJoin(counts, 'c.worker_id', 'workers.id')
+        .selectAll('workers')
+        .select(['c.worker_id as counted_worker_id', 'c.n as counted'])
+        .execute();
+      const workers: WorkerRecord[] = [];
+      const sandboxesByWorker = new Map<string, number>();
+      for (const row of rows) {
+        const { counted_worker_id: countedId, counted, ...worker } = row;
+        if (countedId !== null) sandboxesByWorker.set(countedId, Number(counted));
+        if (worker.id !== null) workers.push(toWorker(worker as Selectable<WorkersTable>));
+      }
+      workers.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+      return { workers, sandboxesByWorker };
     });
   }
 
@@ -780,20 +882,21 @@ class SqlAuditStore implements AuditStore {
     return this.run('append audit event', async (db) => {
       const row = await db
         .insertInto('audit_events')
-        .values({
-          actor: e.actor,
-          action: e.action,
-          sandbox_id: e.sandboxId,
-          resource: storableText(e.resource),
-          status: e.status,
-          detail: storableText(e.detail.slice(0, AUDIT_DETAIL_MAX_CHARS)),
-          request_id: e.requestId,
-          created_at: e.createdAtMs,
-        })
+        .values(auditRow(e))
         .returning('id')
         .executeTakeFirstOrThrow();
       return Number(row.id);
     });
+  }
+
+  async appendMany(entries: readonly AuditEntry[]): Promise<void> {
+    for (let i = 0; i < entries.length; i += AUDIT_APPEND_BATCH_MAX) {
+      const rows = entries.slice(i, i + AUDIT_APPEND_BATCH_MAX).map(auditRow);
+      // One multi-row insert: ids are drawn in the order of the rows.
+      await this.run('append audit events', async (db) => {
+        await db.insertInto('audit_events').values(rows).execute();
+      });
+    }
   }
 
   list(filter: AuditFilter = {}): Promise<AuditEntry[]> {

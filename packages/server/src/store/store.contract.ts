@@ -5,6 +5,7 @@ import type { LeaseToken } from '../domain/lease.js';
 import type { SandboxRecord } from '../domain/sandbox.js';
 import type { TemplateRecord } from '../domain/template.js';
 import { LATEST_SCHEMA_VERSION, MIGRATIONS } from './migrations.js';
+import { AUDIT_APPEND_BATCH_MAX } from './store.js';
 import type { AuditEntry, ExecLogEntry, Store, WorkerHeartbeat } from './store.js';
 
 /** What a dialect hands the contract suite for one test. */
@@ -338,6 +339,56 @@ export function describeStoreContract(
         expect(winners[0]?.state).toBe('destroyed');
         expect(await store.sandboxes.get('sb-00000001')).toEqual(winners[0]);
       });
+
+      test('reads a record with the lease on it in one call, as get and leases.get do', async ({
+        store,
+      }) => {
+        const a = sandbox('sb-00000001', { env: { A: '1' }, tenantId: 't1' });
+        const b = sandbox('sb-00000002', { workerId: 'w2' });
+        await store.sandboxes.insert(a);
+        await store.sandboxes.insert(b);
+        expect(await store.sandboxes.getWithLease('sb-ffffffff')).toBeUndefined();
+        // No lease row: no lease key at all.
+        const bare = await store.sandboxes.getWithLease(a.id);
+        expect(bare).toEqual({ sandbox: a });
+        expect(bare).not.toHaveProperty('lease');
+
+        const lease = await store.leases.acquire({
+          resourceId: a.id,
+          resourceType: 'sandbox',
+          holderId: 'local',
+          ttlMs: MINUTE,
+          nowMs: T0,
+        });
+        await store.leases.acquire({
+          resourceId: b.id,
+          resourceType: 'sandbox',
+          holderId: 'w9',
+          ttlMs: 2 * MINUTE,
+          nowMs: T0,
+        });
+        // Alternating ids: each call reads its own row (the statement is reused).
+        for (let i = 0; i < 3; i++) {
+          expect(await store.sandboxes.getWithLease(a.id)).toEqual({ sandbox: a, lease });
+          expect(await store.sandboxes.getWithLease(b.id)).toEqual({
+            sandbox: b,
+            lease: await store.leases.get(b.id),
+          });
+        }
+        // Whoever holds it, released (holder '', expiry 0) or not, and on destroyed records too.
+        expect((await store.sandboxes.getWithLease(b.id))?.lease?.holderId).toBe('w9');
+        expect(await store.leases.release(lease, T0 + 1)).toBe(true);
+        await store.sandboxes.transition(a.id, ['running'], 'destroyed', {}, T0 + 2);
+        const gone = await store.sandboxes.getWithLease(a.id);
+        expect(gone?.sandbox).toEqual(await store.sandboxes.get(a.id));
+        expect(gone?.sandbox.state).toBe('destroyed');
+        expect(gone?.lease).toEqual({
+          ...lease,
+          holderId: '',
+          expiresAtMs: 0,
+        });
+        expect(gone?.lease).toEqual(await store.leases.get(a.id));
+      });
     });
 
     describe('leases', () => {
@@ -538,6 +589,40 @@ export function describeStoreContract(
         expect((await store.workers.list()).map((w) => w.id)).toEqual(['local', 'w-a', 'w-b']);
       });
 
+      test('lists workers with their sandbox counts in one read, also of ids without a worker row', async ({
+        store,
+      }) => {
+        const empty = await store.workers.listWithSandboxCounts({ states: ['running'] });
+        expect(empty.workers).toEqual([]);
+        expect(empty.sandboxesByWorker.size).toBe(0);
+        for (const id of ['w-b', 'local', 'w-a']) {
+          await store.workers.upsertHeartbeat(heartbeat(id), T0);
+        }
+        await store.sandboxes.insert(sandbox('sb-00000001', { workerId: 'w-a' }));
+        await store.sandboxes.insert(sandbox('sb-00000002', { workerId: 'w-a' }));
+        await store.sandboxes.insert(sandbox('sb-00000003', { workerId: 'gone' }));
+        await store.sandboxes.insert(
+          sandbox('sb-00000004', { workerId: 'local', state: 'destroyed' }),
+        );
+        await store.sandboxes.insert(sandbox('sb-00000005', { workerId: 'w-b', state: 'error' }));
+        const live = await store.workers.listWithSandboxCounts({ states: ['running', 'error'] });
+        expect(live.workers).toEqual(await store.workers.list());
+        expect(Object.fromEntries(live.sandboxesByWorker)).toEqual({ 'w-a': 2, gone: 1, 'w-b': 1 });
+        expect(live.sandboxesByWorker).toEqual(
+          await store.sandboxes.countByWorker({ states: ['running', 'error'] }),
+        );
+        const all = await store.workers.listWithSandboxCounts({ includeDestroyed: true });
+        expect(Object.fromEntries(all.sandboxesByWorker)).toEqual({
+          'w-a': 2,
+          gone: 1,
+          'w-b': 1,
+          local: 1,
+        });
+        const none = await store.workers.listWithSandboxCounts({ states: [] });
+        expect(none.workers.map((w) => w.id)).toEqual(['local', 'w-a', 'w-b']);
+        expect(none.sandboxesByWorker.size).toBe(0);
+      });
+
       test('deletes a worker and sets a status, reporting whether the row existed', async ({
         store,
       }) => {
@@ -694,6 +779,33 @@ export function describeStoreContract(
         const byAction = await store.audit.list({ sandboxId: 'sb-00000001', action: 'exec' });
         expect(byAction.map((e) => e.id)).toEqual([second]);
         expect(await store.audit.list({ limit: 1 })).toHaveLength(1);
+      });
+
+      test('appends many entries in the order given, over several statements', async ({
+        store,
+      }) => {
+        const first = await store.audit.append(audit(T0, { requestId: 'before' }));
+        // All with one timestamp, so only the ids order them.
+        const n = AUDIT_APPEND_BATCH_MAX * 2 + 3;
+        const entries = Array.from({ length: n }, (_, i) =>
+          audit(T0 + 1, {
+            requestId: `req-${i}`,
+            action: i % 2 === 0 ? 'sandbox.spawn' : 'sandbox.destroy',
+            detail: i === 1 ? 'y'.repeat(3000) : `n=${i}`,
+            resource: i === 2 ? 'nul\0byte' : '',
+          }),
+        );
+        await store.audit.appendMany(entries);
+        await store.audit.appendMany([]);
+        const listed = (await store.audit.list({ limit: n + 10 })).reverse();
+        expect(listed).toHaveLength(n + 1);
+        expect(listed[0]?.id).toBe(first);
+        const ids = listed.map((e) => e.id ?? 0);
+        expect([...ids].sort((a, b) => a - b)).toEqual(ids);
+        expect(listed.slice(1).map((e) => e.requestId)).toEqual(entries.map((e) => e.requestId));
+        expect(listed[1]).toEqual({ ...entries[0], id: listed[1]?.id });
+        expect(listed[2]?.detail).toBe('y'.repeat(2048));
+        expect(listed[3]?.resource).toBe('nul\uFFFDbyte');
       });
 
       test('caps stored detail at 2048 characters', async ({ store }) => {

@@ -23,11 +23,24 @@ export interface SandboxPatch {
   provider?: string;
 }
 
+/** A sandbox record with the lease row on it (see {@link SandboxStore.getWithLease}). */
+export interface SandboxWithLease {
+  sandbox: SandboxRecord;
+  lease?: Lease;
+}
+
 export interface SandboxStore {
   /** Inserts a new record; CONFLICT if the id exists. */
   insert(rec: SandboxRecord): Promise<void>;
   /** The record, including destroyed ones; undefined when unknown. */
   get(id: string): Promise<SandboxRecord | undefined>;
+  /**
+   * The record (destroyed ones included) and the lease row on it, whoever
+   * holds it, in one read; undefined when the record is unknown. `lease` is
+   * absent when no lease row exists. What {@link get} plus
+   * {@link LeaseStore.get} return, without the second round trip.
+   */
+  getWithLease(id: string): Promise<SandboxWithLease | undefined>;
   /** Newest first. */
   list(filter?: SandboxListFilter): Promise<SandboxRecord[]>;
   count(filter?: SandboxListFilter): Promise<number>;
@@ -69,6 +82,14 @@ export interface WorkerStore {
   get(id: string): Promise<WorkerRecord | undefined>;
   /** Ordered by id. */
   list(): Promise<WorkerRecord[]>;
+  /**
+   * What placement reads, in one statement: every worker (as {@link list})
+   * and the counts per worker id of the sandboxes `filter` selects (as
+   * {@link SandboxStore.countByWorker}, including ids no worker row has).
+   */
+  listWithSandboxCounts(
+    filter?: SandboxListFilter,
+  ): Promise<{ workers: WorkerRecord[]; sandboxesByWorker: Map<string, number> }>;
   /** True when a row was deleted. */
   delete(id: string): Promise<boolean>;
   /** Sets the status of a worker; true when the row existed. */
@@ -133,6 +154,9 @@ export interface AuditEntry {
   createdAtMs: number;
 }
 
+/** Entries one audit insert statement carries at most (see {@link AuditStore.appendMany}). */
+export const AUDIT_APPEND_BATCH_MAX = 32;
+
 export interface AuditFilter {
   sandboxId?: string;
   action?: string;
@@ -141,6 +165,12 @@ export interface AuditFilter {
 
 export interface AuditStore {
   append(entry: AuditEntry): Promise<number>;
+  /**
+   * Appends several entries with as few statements as it can (one per
+   * {@link AUDIT_APPEND_BATCH_MAX} entries); their ids grow in the order
+   * given. All or nothing per statement.
+   */
+  appendMany(entries: readonly AuditEntry[]): Promise<void>;
   /** Newest first. */
   list(filter?: AuditFilter): Promise<AuditEntry[]>;
 }

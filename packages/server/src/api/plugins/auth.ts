@@ -59,17 +59,27 @@ function deny(reply: FastifyReply, req: FastifyRequest, err: StacyError): Fastif
 export function registerAuth(app: FastifyInstance, o: AuthOptions): void {
   const authConfigured = o.apiKey !== '' || o.adminApiKey !== '';
   app.decorateRequest('role', 'anonymous');
-  app.addHook('onRequest', async (req, reply) => {
+  // Callback-style, not async: no promise per request on the hot path. A
+  // denied request is answered here and `done` is not called.
+  app.addHook('onRequest', (req, reply, done) => {
     const access: RouteAccess = req.routeOptions.config.access ?? 'api';
     const role = resolveRole(req, o);
     req.role = role;
-    if (access === 'public' || access === 'worker' || !authConfigured) return;
+    if (access === 'public' || access === 'worker' || !authConfigured) {
+      done();
+      return;
+    }
     if (role === 'anonymous') {
-      return deny(reply, req, new StacyError('UNAUTHORIZED', 'invalid or missing API key'));
+      deny(reply, req, new StacyError('UNAUTHORIZED', 'invalid or missing API key'));
+      return;
     }
     if (access === 'admin' && role !== 'admin') {
       const fallback = o.adminApiKey === '' && o.adminFallbackEnabled && role === 'api';
-      if (!fallback) return deny(reply, req, new StacyError('FORBIDDEN', 'admin API key required'));
+      if (!fallback) {
+        deny(reply, req, new StacyError('FORBIDDEN', 'admin API key required'));
+        return;
+      }
     }
+    done();
   });
 }

@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { lstat, mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -218,6 +218,47 @@ describe('MockProvider', () => {
         ]);
         expect(await p.logs(id, 0)).toEqual([]);
         await expectStacyError(p.logs(id, -1), 'BAD_REQUEST');
+      }, p);
+    });
+
+    it('writes console lines once the turn that queued them is over; logs and destroy write them first', async () => {
+      const p = new MockProvider({ baseDir });
+      const logFile = (id: string): string => join(baseDir, `${id}.console.log`);
+      const onDisk = (id: string): string =>
+        existsSync(logFile(id)) ? readFileSync(logFile(id), 'utf8') : '';
+      const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+      await withSandbox(async (a) => {
+        await withSandbox(async (b) => {
+          await p.exec(a, spec('exit 4'));
+          // Still this turn: queued, not written (the reply goes out first).
+          expect(onDisk(a)).not.toContain('exit=4');
+          await nextTurn();
+          expect(onDisk(a)).toContain('exec sh exit=4');
+          // Lines queued in one turn keep their order and go to their own sandbox's log.
+          await Promise.all([p.exec(b, spec('exit 5')), p.exec(a, spec('exit 6'))]);
+          await p.exec(a, spec('exit 7'));
+          expect(await p.logs(a, 3)).toEqual([
+            expect.stringMatching(/exec sh exit=4 /),
+            expect.stringMatching(/exec sh exit=6 /),
+            expect.stringMatching(/exec sh exit=7 /),
+          ]);
+          expect(await p.logs(b, 1)).toEqual([expect.stringMatching(/exec sh exit=5 /)]);
+          expect(onDisk(b)).not.toContain('exit=4');
+        }, p);
+        // A line still queued when the sandbox goes does not bring its log back.
+        const gone = newSandboxId();
+        await p.spawn({
+          sandboxId: gone,
+          image: 'x',
+          memoryMb: 1,
+          vcpus: 1,
+          metadata: {},
+          ports: [],
+        });
+        await p.exec(gone, spec('true'));
+        await p.destroy(gone);
+        await nextTurn();
+        expect(existsSync(logFile(gone))).toBe(false);
       }, p);
     });
   });

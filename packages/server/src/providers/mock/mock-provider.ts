@@ -1,10 +1,9 @@
 import { spawn as spawnChild } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { constants as fsConstants } from 'node:fs';
+import { appendFileSync, constants as fsConstants, lstatSync } from 'node:fs';
 import type { Stats } from 'node:fs';
 import {
-  appendFile,
   chmod,
   lstat,
   mkdir,
@@ -124,6 +123,15 @@ function groupAlive(pgid: number): boolean {
   }
 }
 
+/** `lstat`, synchronously; undefined whatever the failure (the slow path then says why). */
+function lstatQuietly(path: string): Stats | undefined {
+  try {
+    return lstatSync(path, { throwIfNoEntry: false });
+  } catch {
+    return undefined;
+  }
+}
+
 async function writeFully(fh: FileHandle, chunk: Uint8Array): Promise<void> {
   let offset = 0;
   while (offset < chunk.byteLength) {
@@ -183,7 +191,10 @@ interface PreparedExec {
  * sandboxes of a previous one; only the process-group bookkeeping is lost.
  */
 export class MockProvider implements Provider {
-  private readonly logWrites = new Map<string, Promise<void>>();
+  /** Console lines not written yet, per sandbox id, oldest first (see tryLog). */
+  private readonly logQueue = new Map<string, string[]>();
+  /** The pending write of {@link logQueue}, while one is scheduled. */
+  private logFlush: NodeJS.Immediate | undefined;
   readonly name = 'mock';
   readonly capabilities: readonly string[] = ['test_provider'];
 
@@ -290,7 +301,7 @@ export class MockProvider implements Provider {
       else await removeTree(root);
     }
     if (moved) void removeTree(trash).catch(() => undefined);
-    await this.flushLog(id);
+    this.flushLog(id);
     await rm(this.logPath(id), { force: true });
   }
 
@@ -303,7 +314,7 @@ export class MockProvider implements Provider {
     if (lines === 0) return [];
     let text: string;
     try {
-      await this.flushLog(runtimeId);
+      this.flushLog(runtimeId);
       const fh = await open(this.logPath(runtimeId), 'r');
       try {
         const { size } = await fh.stat();
@@ -673,6 +684,7 @@ export class MockProvider implements Provider {
   close(): Promise<void> {
     for (const set of this.groups.values()) for (const pgid of set) killGroup(pgid);
     this.groups.clear();
+    for (const id of [...this.logQueue.keys()]) this.flushLog(id);
     return Promise.resolve();
   }
 
@@ -684,32 +696,38 @@ export class MockProvider implements Provider {
     return join(this.baseDir, `${id}.console.log`);
   }
 
-  private async log(id: string, line: string, atMs = this.clock.nowMs()): Promise<void> {
-    const stamp = new Date(atMs).toISOString();
-    await appendFile(this.logPath(id), `${stamp} ${line}\n`);
-  }
-
   /**
-   * Appends a console line without making the caller wait (exec latency is
-   * what users feel); writes per sandbox stay in order through a chain that
-   * `logs()` and `destroy()` drain first. A line must never fail the
-   * operation it describes.
+   * Queues a console line without making the caller wait (exec latency is
+   * what users feel): the lines queued during one turn of the event loop are
+   * written after it, so the reply goes out first. Per sandbox they stay in
+   * order; `logs()` and `destroy()` write a sandbox's queued lines first. A
+   * line must never fail the operation it describes.
    */
   private tryLog(id: string, line: string): void {
-    const stamp = this.clock.nowMs();
-    const next = (this.logWrites.get(id) ?? Promise.resolve())
-      // Started after this turn of the event loop: the exec's answer goes out first.
-      .then(() => new Promise<void>((resolve) => setImmediate(resolve)))
-      .then(() => this.log(id, line, stamp))
-      .catch(() => undefined);
-    this.logWrites.set(id, next);
-    void next.then(() => {
-      if (this.logWrites.get(id) === next) this.logWrites.delete(id);
+    const text = `${new Date(this.clock.nowMs()).toISOString()} ${line}\n`;
+    const queued = this.logQueue.get(id);
+    if (queued === undefined) this.logQueue.set(id, [text]);
+    else queued.push(text);
+    this.logFlush ??= setImmediate(() => {
+      this.logFlush = undefined;
+      for (const queuedId of [...this.logQueue.keys()]) this.flushLog(queuedId);
     });
   }
 
-  private async flushLog(id: string): Promise<void> {
-    await this.logWrites.get(id);
+  /** Writes a sandbox's queued console lines now. */
+  private flushLog(id: string): void {
+    const lines = this.logQueue.get(id);
+    if (lines === undefined) return;
+    this.logQueue.delete(id);
+    try {
+      // Synchronous on purpose: one small append to a local file is a few
+      // microseconds of syscalls, while the async version costs three
+      // thread-pool round trips (open, write, close) and the wake-ups with
+      // them, on every exec. (The store's SQLite writes are synchronous too.)
+      appendFileSync(this.logPath(id), lines.join(''));
+    } catch {
+      // Lost line: the console log is best effort.
+    }
   }
 
   private checkId(runtimeId: string): string {
@@ -726,11 +744,13 @@ export class MockProvider implements Provider {
   private async rootOf(runtimeId: string): Promise<string> {
     const id = this.checkId(runtimeId);
     // Fast path (the exec hot path): one lstat. A real directory (not a
-    // symlink) directly under the resolved base is its own realpath.
+    // symlink) directly under the resolved base is its own realpath. The
+    // lstat is synchronous: a few microseconds for a local directory entry,
+    // where the async one is a thread-pool round trip (and a thread wake-up)
+    // on every exec and file call.
     if (this.realBase !== undefined) {
       const root = join(this.realBase, id);
-      const st = await lstat(root).catch(() => undefined);
-      if (st?.isDirectory() === true) return root;
+      if (lstatQuietly(root)?.isDirectory() === true) return root;
     }
     try {
       if (this.realBase === undefined) this.realBase = await realpath(this.baseDir);
@@ -898,7 +918,10 @@ export class MockProvider implements Provider {
     child.once('exit', (code, sig) => {
       exit = { code, signal: sig, durationMs: performance.now() - started };
       if (deadline !== undefined) clearTimeout(deadline);
-      if (pgid !== undefined) this.untrackIfGone(p.sandboxId, pgid);
+      // Looked at after this turn (the exec's answer goes out first): the
+      // probe costs an exception whenever the group is gone, the usual case,
+      // and until then destroy() merely signals a group that may be gone.
+      if (pgid !== undefined) setImmediate(() => this.untrackIfGone(p.sandboxId, pgid));
       if (openPipes > 0) {
         graceTimer = setInterval(() => {
           if (readSinceTick === 0 && queue.length === 0 && !paused) {

@@ -1,0 +1,281 @@
+/**
+ * What SandboxService asks of the store on the spawn→destroy path: audit
+ * rows queued and written together, in order; placement's workers and
+ * counts in one read that is fresh on every spawn; destroy's record and
+ * lease in one read. A real SandboxService over an in-memory SQLite store
+ * (wrapped to count and gate calls) and an in-process worker (mock provider).
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { systemClock } from '../domain/clock.js';
+import { StacyError } from '../domain/errors.js';
+import { silentLogger } from '../domain/logger.js';
+import type { Logger } from '../domain/logger.js';
+import { MockProvider } from '../providers/mock/mock-provider.js';
+import { createSqliteStore } from '../store/sqlite/open-sqlite.js';
+import type { AuditEntry, Store } from '../store/store.js';
+import { WorkerRuntime } from '../worker/worker-runtime.js';
+import { EventBus } from './events.js';
+import type { SandboxLimits } from './limits.js';
+import { Metrics } from './metrics.js';
+import type { CallContext } from './sandbox-service.js';
+import { SandboxService } from './sandbox-service.js';
+
+const ctx: CallContext = { requestId: 'req-1', actor: 'tester' };
+
+const LIMITS: SandboxLimits = {
+  defaultTtlMs: 30 * 60_000,
+  maxTtlMs: 24 * 3_600_000,
+  defaultImage: 'alpine:latest',
+  defaultMemoryMb: 1024,
+  defaultVcpus: 1,
+  defaultExecTimeoutMs: 0,
+  maxExecTimeoutMs: 60_000,
+  maxSandboxes: 0,
+  maxSandboxesPerOwner: 0,
+};
+
+interface Rig {
+  dir: string;
+  /** The real store, unwrapped. */
+  store: Store;
+  runtime: WorkerRuntime;
+  sandboxes: SandboxService;
+  /** `part.method` of every store call the service made, in order. */
+  calls: string[];
+  /** Entries of each appendMany call the service made. */
+  batches: AuditEntry[][];
+  /** While set, appendMany waits for it before writing. */
+  gate: Promise<void> | undefined;
+  /** appendMany fails; append fails for entries of this sandbox id. */
+  failBatches: boolean;
+  failSandboxId: string;
+  warnings: string[];
+}
+
+/** The store with every call of the parts the service uses recorded in `r.calls`. */
+function instrumented(r: Rig): Store {
+  const store = r.store;
+  const part = <T extends object>(name: string, target: T): T =>
+    new Proxy(target, {
+      get(t, prop, receiver) {
+        const v: unknown = Reflect.get(t, prop, receiver);
+        if (typeof v !== 'function') return v;
+        return (...args: unknown[]) => {
+          r.calls.push(`${name}.${String(prop)}`);
+          return (v as (...a: unknown[]) => unknown).apply(t, args);
+        };
+      },
+    });
+  const audit = {
+    append: (e: AuditEntry): Promise<number> => {
+      if (e.sandboxId === r.failSandboxId) return Promise.reject(new Error('refused row'));
+      return store.audit.append(e);
+    },
+    appendMany: async (entries: readonly AuditEntry[]): Promise<void> => {
+      r.batches.push([...entries]);
+      await r.gate;
+      if (r.failBatches) throw new Error('refused batch');
+      await store.audit.appendMany(entries);
+    },
+    list: store.audit.list.bind(store.audit),
+  };
+  return {
+    dialect: store.dialect,
+    sandboxes: part('sandboxes', store.sandboxes),
+    workers: part('workers', store.workers),
+    leases: part('leases', store.leases),
+    execLogs: store.execLogs,
+    audit: part('audit', audit),
+    templates: store.templates,
+    migrate: () => store.migrate(),
+    schemaVersion: () => store.schemaVersion(),
+    ping: () => store.ping(),
+    close: () => store.close(),
+  };
+}
+
+async function rig(): Promise<Rig> {
+  const dir = await mkdtemp(join(tmpdir(), 'stacyvm-svc-'));
+  const store = await createSqliteStore({ path: ':memory:' });
+  await store.migrate();
+  const runtime = new WorkerRuntime({
+    workerId: 'local',
+    providers: [new MockProvider({ baseDir: dir })],
+    defaultProvider: 'mock',
+    logger: silentLogger,
+  });
+  await runtime.start();
+  const r: Rig = {
+    dir,
+    store,
+    runtime,
+    calls: [],
+    batches: [],
+    gate: undefined,
+    failBatches: false,
+    failSandboxId: '',
+    warnings: [],
+  } as unknown as Rig;
+  const logger: Logger = {
+    debug: () => undefined,
+    info: () => undefined,
+    warn: (obj, msg) => r.warnings.push(`${msg ?? ''} ${JSON.stringify(obj)}`),
+    error: () => undefined,
+  };
+  r.sandboxes = new SandboxService({
+    store: instrumented(r),
+    workers: { client: (id) => (id === 'local' ? runtime : undefined) },
+    events: new EventBus({ clock: systemClock }),
+    metrics: new Metrics(),
+    clock: systemClock,
+    logger,
+    limits: LIMITS,
+    localWorkerId: 'local',
+    defaultProvider: 'mock',
+  });
+  return r;
+}
+
+describe('SandboxService on the store', () => {
+  let r: Rig;
+  beforeEach(async () => {
+    r = await rig();
+  });
+  afterEach(async () => {
+    r.gate = undefined;
+    await r.sandboxes.drain();
+    await r.runtime.stop();
+    await r.store.close();
+    await rm(r.dir, { recursive: true, force: true });
+  });
+
+  it('writes the audit rows that queue up meanwhile in one insert, in call order; drain waits', async () => {
+    let open!: () => void;
+    r.gate = new Promise<void>((resolve) => {
+      open = resolve;
+    });
+    const a = await r.sandboxes.spawn({}, { ...ctx, requestId: 'req-a' });
+    // The first row is on its way (held at the gate); the next ones queue behind it.
+    const b = await r.sandboxes.spawn({}, { ...ctx, requestId: 'req-b' });
+    await r.sandboxes.destroy(a.id, { ...ctx, requestId: 'req-c' });
+    const c = await r.sandboxes.spawn({}, { ...ctx, requestId: 'req-d' });
+    let drained = false;
+    const draining = r.sandboxes.drain().then(() => {
+      drained = true;
+    });
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(drained).toBe(false);
+    expect(await r.store.audit.list()).toEqual([]);
+    open();
+    await draining;
+    expect(r.batches.map((batch) => batch.map((e) => e.requestId))).toEqual([
+      ['req-a'],
+      ['req-b', 'req-c', 'req-d'],
+    ]);
+    const rows = (await r.store.audit.list()).reverse();
+    expect(rows.map((e) => [e.requestId, e.action, e.sandboxId])).toEqual([
+      ['req-a', 'sandbox.spawn', a.id],
+      ['req-b', 'sandbox.spawn', b.id],
+      ['req-c', 'sandbox.destroy', a.id],
+      ['req-d', 'sandbox.spawn', c.id],
+    ]);
+    expect(rows.map((e) => e.id)).toEqual([...rows.map((e) => e.id ?? 0)].sort((x, y) => x - y));
+    // Only the audit loop wrote audit rows: no single appends.
+    expect(r.calls.filter((c) => c === 'audit.append')).toEqual([]);
+  });
+
+  it('when a batch is refused, writes its rows one by one so a bad row costs only itself', async () => {
+    let open!: () => void;
+    r.gate = new Promise<void>((resolve) => {
+      open = resolve;
+    });
+    r.failBatches = true;
+    const a = await r.sandboxes.spawn({}, ctx);
+    const b = await r.sandboxes.spawn({}, ctx);
+    const c = await r.sandboxes.spawn({}, ctx);
+    r.failSandboxId = b.id;
+    open();
+    await r.sandboxes.drain();
+    const rows = (await r.store.audit.list()).reverse();
+    expect(rows.map((e) => e.sandboxId)).toEqual([c.id]);
+    // a's single-row batch was refused too; b's row refused on its own; c's written.
+    expect(r.warnings.filter((w) => w.startsWith('audit append failed'))).toHaveLength(2);
+    expect(r.warnings.some((w) => w.includes(a.id))).toBe(true);
+    expect(r.warnings.some((w) => w.includes(b.id))).toBe(true);
+  });
+
+  it('reads workers and live counts in one statement per spawn, fresh each time', async () => {
+    await r.store.workers.upsertHeartbeat(
+      {
+        id: 'local',
+        hostname: 'h',
+        status: 'online',
+        providers: ['mock'],
+        capabilities: [],
+        capacity: { max_sandboxes: 2 },
+      },
+      Date.now(),
+    );
+    const first = await r.sandboxes.spawn({}, ctx);
+    const placement = r.calls.filter(
+      (c) => c.startsWith('workers.') || c === 'sandboxes.countByWorker',
+    );
+    expect(placement).toEqual(['workers.listWithSandboxCounts']);
+    // Another control plane takes the last place on the worker behind this one's back.
+    const now = Date.now();
+    await r.store.sandboxes.insert({
+      ...first,
+      id: 'sb-0other01',
+      createdAtMs: now,
+      updatedAtMs: now,
+    });
+    const err: unknown = await r.sandboxes.spawn({}, ctx).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(StacyError);
+    expect((err as StacyError).code).toBe('RESOURCE_LIMIT');
+    expect(r.calls.filter((c) => c === 'workers.listWithSandboxCounts')).toHaveLength(2);
+  });
+
+  it('destroy reads the record and its lease in one statement and releases the lease', async () => {
+    const sb = await r.sandboxes.spawn({}, ctx);
+    r.calls.length = 0;
+    await r.sandboxes.destroy(sb.id, ctx);
+    expect(r.calls.filter((c) => c.startsWith('sandboxes.') || c.startsWith('leases.'))).toEqual([
+      'sandboxes.getWithLease',
+      'sandboxes.transition',
+      'sandboxes.transition',
+      'leases.release',
+    ]);
+    expect((await r.store.sandboxes.get(sb.id))?.state).toBe('destroyed');
+    expect((await r.store.leases.get(sb.id))?.holderId).toBe('');
+    expect(await r.runtime.listRuntimes('mock')).toEqual([]);
+    // A second destroy is NOT_FOUND, an unknown id too.
+    for (const id of [sb.id, 'sb-00000000']) {
+      const err: unknown = await r.sandboxes.destroy(id, ctx).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect((err as StacyError).code).toBe('NOT_FOUND');
+    }
+  });
+
+  it('destroy takes the lease again when it lapsed, and the worker accepts it', async () => {
+    const sb = await r.sandboxes.spawn({}, ctx);
+    const lease = await r.store.leases.get(sb.id);
+    if (lease === undefined) throw new Error('no lease');
+    // Released behind the service's back (e.g. by a sweep).
+    expect(await r.store.leases.release(lease, Date.now())).toBe(true);
+    r.calls.length = 0;
+    await r.sandboxes.destroy(sb.id, ctx);
+    expect(r.calls).toContain('leases.acquire');
+    expect((await r.store.sandboxes.get(sb.id))?.state).toBe('destroyed');
+    const after = await r.store.leases.get(sb.id);
+    expect(after?.generation).toBe(lease.generation + 1);
+    expect(after?.holderId).toBe('');
+  });
+});
