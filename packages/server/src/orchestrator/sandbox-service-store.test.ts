@@ -10,11 +10,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { systemClock } from '../domain/clock.js';
-import { StacyError } from '../domain/errors.js';
+import { StacyError, unavailable } from '../domain/errors.js';
 import { silentLogger } from '../domain/logger.js';
 import type { Logger } from '../domain/logger.js';
 import { MockProvider } from '../providers/mock/mock-provider.js';
 import { createSqliteStore } from '../store/sqlite/open-sqlite.js';
+import { AUDIT_APPEND_BATCH_MAX } from '../store/store.js';
 import type { AuditEntry, Store } from '../store/store.js';
 import { WorkerRuntime } from '../worker/worker-runtime.js';
 import { EventBus } from './events.js';
@@ -51,6 +52,8 @@ interface Rig {
   gate: Promise<void> | undefined;
   /** appendMany fails; append fails for entries of this sandbox id. */
   failBatches: boolean;
+  /** What a failing appendMany throws (default: a plain error). */
+  batchError: Error | undefined;
   failSandboxId: string;
   warnings: string[];
 }
@@ -77,7 +80,7 @@ function instrumented(r: Rig): Store {
     appendMany: async (entries: readonly AuditEntry[]): Promise<void> => {
       r.batches.push([...entries]);
       await r.gate;
-      if (r.failBatches) throw new Error('refused batch');
+      if (r.failBatches) throw r.batchError ?? new Error('refused batch');
       await store.audit.appendMany(entries);
     },
     list: store.audit.list.bind(store.audit),
@@ -116,6 +119,7 @@ async function rig(): Promise<Rig> {
     batches: [],
     gate: undefined,
     failBatches: false,
+    batchError: undefined,
     failSandboxId: '',
     warnings: [],
   } as unknown as Rig;
@@ -205,6 +209,58 @@ describe('SandboxService on the store', () => {
     expect(r.warnings.filter((w) => w.startsWith('audit append failed'))).toHaveLength(2);
     expect(r.warnings.some((w) => w.includes(a.id))).toBe(true);
     expect(r.warnings.some((w) => w.includes(b.id))).toBe(true);
+  });
+
+  it('sends at most one statement of rows per batch, so a refused batch is retried without duplicates', async () => {
+    let open!: () => void;
+    r.gate = new Promise<void>((resolve) => {
+      open = resolve;
+    });
+    const first = await r.sandboxes.spawn({}, ctx);
+    const n = AUDIT_APPEND_BATCH_MAX + 8;
+    for (let i = 0; i < n; i++) await r.sandboxes.spawn({}, ctx);
+    r.failBatches = true;
+    r.failSandboxId = first.id;
+    open();
+    await r.sandboxes.drain();
+    expect(Math.max(...r.batches.map((b) => b.length))).toBeLessThanOrEqual(AUDIT_APPEND_BATCH_MAX);
+    const rows = await r.store.audit.list({ limit: 1000 });
+    // Every row once, except the first (its batch refused, then the row refused on its own).
+    expect(rows).toHaveLength(n);
+    expect(new Set(rows.map((e) => e.sandboxId)).size).toBe(n);
+    expect(rows.some((e) => e.sandboxId === first.id)).toBe(false);
+  });
+
+  it('drops a batch the store is not answering for at once, without trying its rows one by one', async () => {
+    r.failBatches = true;
+    r.batchError = unavailable('database not answering');
+    await r.sandboxes.spawn({}, ctx);
+    await r.sandboxes.spawn({}, ctx);
+    await r.sandboxes.drain();
+    expect(r.calls.filter((c) => c === 'audit.append')).toEqual([]);
+    expect(r.warnings.filter((w) => w.startsWith('audit append failed')).length).toBeGreaterThan(0);
+    expect(await r.store.audit.list()).toEqual([]);
+  });
+
+  it('lets exec logs be read while audit rows are still on their way', async () => {
+    let open!: () => void;
+    r.gate = new Promise<void>((resolve) => {
+      open = resolve;
+    }); // audit writes wait until the end of the test
+    const sb = await r.sandboxes.spawn({}, ctx);
+    await r.sandboxes.exec(
+      sb.id,
+      { command: 'echo hi', args: [], mode: 'shell', env: {}, workdir: '', timeoutMs: 10_000 },
+      ctx,
+    );
+    const logs = await Promise.race([
+      r.sandboxes.execLogs(sb.id, 10, ctx),
+      new Promise<'waited'>((resolve) => setTimeout(() => resolve('waited'), 2_000)),
+    ]);
+    expect(logs).not.toBe('waited');
+    expect((logs as { stdout: string }[]).map((e) => e.stdout)).toEqual(['hi\n']);
+    expect(await r.store.audit.list()).toEqual([]);
+    open();
   });
 
   it('reads workers and live counts in one statement per spawn, fresh each time', async () => {

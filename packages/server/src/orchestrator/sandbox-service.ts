@@ -18,6 +18,7 @@ import { checkEnvMap, checkSetupCommands } from '../domain/template.js';
 import { DEFAULT_STALE_AFTER_MS } from '../domain/worker.js';
 import type { FileSource, ProviderStats, ReadFileResult } from '../providers/provider.js';
 import type { RuntimeRef, WorkerClient, WorkerDirectory } from '../rpc/worker-client.js';
+import { AUDIT_APPEND_BATCH_MAX } from '../store/store.js';
 import type { AuditEntry, ExecLogEntry, Store } from '../store/store.js';
 import type { EventBus } from './events.js';
 import type { SandboxLimits } from './limits.js';
@@ -103,6 +104,8 @@ const SETUP_OUTPUT_TAIL_CHARS = 1000;
 export const CANCELLED_EXIT_CODE = -1;
 /** How long a GET waits for a remote worker's view of a sandbox. */
 const REFRESH_TIMEOUT_MS = 5000;
+/** Audit rows waiting for the store at most; more are dropped (and logged) while it is down. */
+export const AUDIT_QUEUE_MAX = 10_000;
 
 function leaseToken(lease: Lease): NonNullable<RuntimeRef['lease']> {
   return {
@@ -218,6 +221,17 @@ export class SandboxService {
     detail: string,
     resource = '',
   ): void {
+    if (this.auditQueue.length >= AUDIT_QUEUE_MAX) {
+      // The store has not taken rows for a long while: keep memory bounded.
+      this.auditDropped += 1;
+      if (this.auditDropped === 1 || this.auditDropped % 1000 === 0) {
+        this.o.logger.error(
+          { dropped: this.auditDropped, queued: this.auditQueue.length },
+          'audit rows dropped: the store is not accepting them',
+        );
+      }
+      return;
+    }
     this.auditQueue.push({
       actor: ctx.actor,
       action,
@@ -228,14 +242,14 @@ export class SandboxService {
       requestId: ctx.requestId,
       createdAtMs: this.now(),
     });
-    if (this.auditWriter !== undefined) return;
-    const writer = this.writeAudits();
-    this.auditWriter = writer;
-    this.pending.add(writer);
-    void writer.finally(() => this.pending.delete(writer));
+    // Not in `pending`: the loop runs as long as rows keep coming, and readers
+    // of exec logs must not wait for it; drain() waits for it separately.
+    this.auditWriter ??= this.writeAudits();
   }
 
   private auditQueue: AuditEntry[] = [];
+  /** Rows refused because the queue was full (the store not answering). */
+  private auditDropped = 0;
   /** The loop writing {@link auditQueue}, while there is one. */
   private auditWriter: Promise<void> | undefined;
 
@@ -251,26 +265,27 @@ export class SandboxService {
         this.auditWriter = undefined;
         return;
       }
-      const batch = this.auditQueue;
-      this.auditQueue = [];
+      // At most one statement's worth: a failed batch was then written not at all.
+      const batch = this.auditQueue.splice(0, AUDIT_APPEND_BATCH_MAX);
       try {
         await this.o.store.audit.appendMany(batch);
       } catch (err) {
-        if (batch.length === 1) {
-          this.auditFailed(batch[0], err);
+        if (batch.length === 1 || (isStacyError(err) && err.code === 'UNAVAILABLE')) {
+          // The store is not answering: row by row would only wait longer.
+          this.auditFailed(batch.length, batch[0], err);
         } else {
           // One by one, so a row the store refuses costs only itself.
           for (const e of batch) {
-            await this.o.store.audit.append(e).catch((one: unknown) => this.auditFailed(e, one));
+            await this.o.store.audit.append(e).catch((one: unknown) => this.auditFailed(1, e, one));
           }
         }
       }
     }
   }
 
-  private auditFailed(e: AuditEntry | undefined, err: unknown): void {
+  private auditFailed(rows: number, e: AuditEntry | undefined, err: unknown): void {
     this.o.logger.warn(
-      { action: e?.action, sandboxId: e?.sandboxId, err: (err as Error).message },
+      { rows, action: e?.action, sandboxId: e?.sandboxId, err: (err as Error).message },
       'audit append failed',
     );
   }
@@ -310,7 +325,9 @@ export class SandboxService {
 
   /** Waits for background audit and exec-log writes (call before closing the store). */
   async drain(): Promise<void> {
-    while (this.pending.size > 0) await Promise.all([...this.pending]);
+    while (this.pending.size > 0 || this.auditWriter !== undefined) {
+      await Promise.all([...this.pending, this.auditWriter]);
+    }
   }
 
   // ---- admission and spawn -------------------------------------------------
