@@ -147,6 +147,8 @@ const GATEWAY_OWNED = new Set([
 ]);
 const FORWARDED = ['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port'];
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS']);
+/** A reason phrase Node can write (RFC 9112: HTAB, SP, VCHAR, obs-text). */
+const REASON_PHRASE = /^[\t\x20-\x7e\x80-\xff]*$/;
 /** Error code of an upstream that did not connect or answer in time. */
 const UPSTREAM_TIMEOUT = 'STACYVM_UPSTREAM_TIMEOUT';
 
@@ -690,14 +692,10 @@ class Gateway implements PreviewGateway {
       return;
     }
     if (res.destroyed || x.abortedByClient) return;
-    const { code, connected } = upstreamCode(err);
-    const retry =
-      x.mayRetry &&
-      !hasBody(req) &&
-      IDEMPOTENT.has(req.method ?? '') &&
-      (code === 'ECONNRESET' || code === 'EPIPE');
+    const { code, connected, reusedClosed } = upstreamCode(err);
+    const retry = x.mayRetry && reusedClosed && !hasBody(req) && IDEMPOTENT.has(req.method ?? '');
     if (retry) {
-      // Most often a keep-alive connection the sandbox closed as it was reused.
+      // A keep-alive connection the sandbox closed as it was reused: nothing reached it.
       this.forward(req, res, a, up, flight, false);
       return;
     }
@@ -887,16 +885,37 @@ class Gateway implements PreviewGateway {
     return d;
   }
 
-  /** Answers with the upstream's status and headers; false when the client is gone. */
+  /**
+   * Answers with the upstream's status and headers; false when the client is
+   * gone or the answer cannot be relayed (then the client got a 502 page).
+   */
   startResponse(
-    res: ServerResponse,
+    x: UpstreamExchange,
     status: number,
     statusMessage: string | undefined,
     raw: readonly (Buffer | string)[],
   ): boolean {
+    const res = x.res;
     if (res.destroyed) return false;
-    res.writeHead(status, statusMessage ?? '', withoutHopByHop(raw.map(latin1)));
-    return true;
+    // undici decodes the reason phrase as UTF-8; HTTP/1.1 carries bytes up to 0xFF only.
+    const reason =
+      statusMessage !== undefined && REASON_PHRASE.test(statusMessage) ? statusMessage : undefined;
+    try {
+      res.writeHead(status, reason, withoutHopByHop(raw.map(latin1)));
+      return true;
+    } catch (err) {
+      this.page(
+        x.req,
+        res,
+        fail(
+          502,
+          'upstream_error',
+          'Preview unavailable',
+          `Port ${x.a.target.port} of sandbox ${x.a.target.sandboxId} sent a response that cannot be relayed (${errnoCode(err) ?? 'invalid'}).`,
+        ),
+      );
+      return false;
+    }
   }
 
   private page(req: IncomingMessage, res: ServerResponse, f: Failure): void {
@@ -1088,15 +1107,33 @@ function originOf(protocol: 'http:' | 'https:', host: string, port: number): str
 
 /**
  * What an upstream error means for the answer: undici's header and connect
- * timeouts become the gateway's timeout (connected or not), a socket closed
- * by the other side a reset.
+ * timeouts become the gateway's timeout (connected or not); a connection the
+ * other side closed before answering is a reset, and `reusedClosed` when it
+ * had carried earlier exchanges (the keep-alive race: safe to send an
+ * idempotent request again). Any other socket error (a malformed answer, an
+ * unsolicited 100) is not retried.
  */
-function upstreamCode(err: Error): { code: string | undefined; connected: boolean } {
+function upstreamCode(err: Error): {
+  code: string | undefined;
+  connected: boolean;
+  reusedClosed: boolean;
+} {
   const code = errnoCode(err);
-  if (code === 'UND_ERR_HEADERS_TIMEOUT') return { code: UPSTREAM_TIMEOUT, connected: true };
-  if (code === 'UND_ERR_CONNECT_TIMEOUT') return { code: UPSTREAM_TIMEOUT, connected: false };
-  if (code === 'UND_ERR_SOCKET') return { code: 'ECONNRESET', connected: true };
-  return { code, connected: false };
+  if (code === 'UND_ERR_HEADERS_TIMEOUT') {
+    return { code: UPSTREAM_TIMEOUT, connected: true, reusedClosed: false };
+  }
+  if (code === 'UND_ERR_CONNECT_TIMEOUT') {
+    return { code: UPSTREAM_TIMEOUT, connected: false, reusedClosed: false };
+  }
+  if (code === 'UND_ERR_SOCKET' && err.message === 'other side closed') {
+    const bytesRead = (err as { socket?: { bytesRead?: unknown } }).socket?.bytesRead;
+    return {
+      code: 'ECONNRESET',
+      connected: true,
+      reusedClosed: typeof bytesRead === 'number' && bytesRead > 0,
+    };
+  }
+  return { code, connected: false, reusedClosed: false };
 }
 
 /**
@@ -1138,7 +1175,7 @@ class UpstreamExchange implements Dispatcher.DispatchHandler {
     if (statusCode < 200) return; // informational: the final answer follows
     this.answered = true;
     const raw = Array.isArray(controller.rawHeaders) ? controller.rawHeaders : [];
-    if (!this.gateway.startResponse(this.res, statusCode, statusMessage, raw)) {
+    if (!this.gateway.startResponse(this, statusCode, statusMessage, raw)) {
       controller.abort(new Error('client went away'));
     }
   }
