@@ -32,6 +32,7 @@ import { createInProcessWorkerClient } from '../rpc/in-process-worker-client.js'
 import type { HttpWorkerClientOptions } from '../rpc/http-worker-client.js';
 import { HttpWorkerClient } from '../rpc/http-worker-client.js';
 import { createStore } from '../store/create-store.js';
+import type { CreateStoreOptions } from '../store/create-store.js';
 import type { Store } from '../store/store.js';
 import { VERSION } from '../version.js';
 import { WorkerRuntime } from '../worker/worker-runtime.js';
@@ -89,6 +90,18 @@ export interface ControlPlaneOptions {
 function dockerSocket(socket: string): string | undefined {
   if (socket === '') return undefined;
   return socket.startsWith('unix://') ? socket.slice('unix://'.length) : socket;
+}
+
+/** The store the `database` section names. */
+export function storeOptions(config: StacyConfig): CreateStoreOptions {
+  return {
+    driver: databaseDialect(config),
+    path: config.database.path,
+    dsn: config.database.dsn,
+    maxOpenConns: config.database.max_open_conns,
+    statementTimeoutMs: durationMs(config.database.statement_timeout),
+    preparedStatements: config.database.prepared_statements,
+  };
 }
 
 function buildDocker(config: StacyConfig, logger: PinoLogger): DockerProvider {
@@ -288,13 +301,7 @@ export async function createControlPlane(o: ControlPlaneOptions): Promise<Contro
   if (config.preview.enabled) parseListenAddr(config.preview.listen_addr, 'preview.listen_addr');
   checkTraefikConfig(config);
   const ownId = ownWorkerId(config);
-  const store = await createStore({
-    driver: databaseDialect(config),
-    path: config.database.path,
-    dsn: config.database.dsn,
-    maxOpenConns: config.database.max_open_conns,
-    statementTimeoutMs: durationMs(config.database.statement_timeout),
-  });
+  const store = await createStore(storeOptions(config));
   let cluster: ClusterParts | undefined;
   let ownRpc: OwnWorkerRpc | undefined;
   let registry: { stop(): void } | undefined;

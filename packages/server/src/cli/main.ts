@@ -1,20 +1,13 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from 'commander';
 import { stringify } from 'yaml';
-import {
-  checkBindSafety,
-  ConfigError,
-  databaseDialect,
-  durationMs,
-  loadConfig,
-  redactConfig,
-} from '../config/load-config.js';
+import { checkBindSafety, ConfigError, loadConfig, redactConfig } from '../config/load-config.js';
 import type { LoadedConfig } from '../config/load-config.js';
 import { formatLintFindings, hasLintFailures, lintConfig } from '../config/lint-config.js';
 import { isStacyError } from '../domain/errors.js';
 import { createStore } from '../store/create-store.js';
 import { exitCodeForCommanderError, registerClientCommands } from './client-commands.js';
-import { createControlPlane } from './control-plane.js';
+import { createControlPlane, storeOptions } from './control-plane.js';
 import { registerDbCommands } from './db-commands.js';
 import { registerImageCommands } from './image-commands.js';
 import { registerWorkerTokenCommands } from './worker-token-commands.js';
@@ -183,13 +176,7 @@ export function buildProgram(): Command {
   const migrate = async (opts: { config?: string }): Promise<void> => {
     try {
       const { config: cfg } = load(opts.config);
-      const store = await createStore({
-        driver: databaseDialect(cfg),
-        path: cfg.database.path,
-        dsn: cfg.database.dsn,
-        maxOpenConns: cfg.database.max_open_conns,
-        statementTimeoutMs: durationMs(cfg.database.statement_timeout),
-      });
+      const store = await createStore(storeOptions(cfg));
       try {
         const applied = await store.migrate();
         const version = await store.schemaVersion();

@@ -36,6 +36,7 @@ describe('config schema', () => {
         dsn_file: '',
         max_open_conns: 10,
         statement_timeout: '30s',
+        prepared_statements: true,
       },
       providers: {
         default: 'auto',

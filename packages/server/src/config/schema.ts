@@ -146,6 +146,10 @@ const DatabaseSection = Type.Object(
       '30s',
       'Longest one PostgreSQL statement may run before the server cancels it; 0s means no limit. Migrations run without it.',
     ),
+    prepared_statements: bool(
+      true,
+      "Send the store's fixed statements to PostgreSQL as named prepared statements (parsed and planned once per connection). Turn off behind a connection pooler that does not keep prepared statements across transactions (PgBouncer before 1.21 in transaction mode).",
+    ),
   },
   { description: 'Where the control plane keeps its state.' },
 );
@@ -426,7 +430,7 @@ const PreviewSection = Type.Object(
     ),
     upstream_timeout: duration(
       '60s',
-      'Time a sandbox port has to accept the connection and send response headers before the gateway answers 502/504.',
+      'Time a sandbox port has to accept the connection, and then again to send response headers, before the gateway answers 502/504.',
       'positive',
     ),
     max_connections: int(

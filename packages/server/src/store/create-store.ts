@@ -16,6 +16,8 @@ export interface CreateStoreOptions {
   maxOpenConns?: number;
   /** Postgres statement timeout in ms, 0 for none (`database.statement_timeout`). */
   statementTimeoutMs?: number;
+  /** Postgres named prepared statements (`database.prepared_statements`, default on). */
+  preparedStatements?: boolean;
   /** Default time source for operations whose `nowMs` is optional. */
   clock?: Clock;
 }
@@ -54,6 +56,8 @@ export async function createStore(opts: CreateStoreOptions): Promise<Store> {
       if (opts.maxOpenConns !== undefined) pgOpts.maxOpenConns = opts.maxOpenConns;
       if (opts.statementTimeoutMs !== undefined)
         pgOpts.statementTimeoutMs = opts.statementTimeoutMs;
+      if (opts.preparedStatements !== undefined)
+        pgOpts.preparedStatements = opts.preparedStatements;
       return createPostgresStore(pgOpts);
     }
   }

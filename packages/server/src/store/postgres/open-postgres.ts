@@ -31,6 +31,8 @@ export interface CreatePostgresStoreOptions {
   statementTimeoutMs?: number;
   /** Timeout of opening one connection in ms (default 10 s). */
   connectTimeoutMs?: number;
+  /** Named prepared statements for the fixed data statements (default true). */
+  preparedStatements?: boolean;
   /** How long `migrate()` waits for another migrator (default 5 min). */
   migrationLockWaitMs?: number;
 }
@@ -377,7 +379,9 @@ export async function createPostgresStore(opts: CreatePostgresStoreOptions): Pro
     });
   }
   const db = new Kysely<StoreDatabase>({
-    dialect: new PostgresDialect({ pool: preparingPool(pool) }),
+    dialect: new PostgresDialect({
+      pool: preparingPool(pool, { named: opts.preparedStatements ?? true }),
+    }),
   });
   const options = opts.clock === undefined ? {} : { clock: opts.clock };
   return new KyselyStore(db, adapter, options);
