@@ -5,45 +5,21 @@
  * lease in one read. A real SandboxService over an in-memory SQLite store
  * (wrapped to count and gate calls) and an in-process worker (mock provider).
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { systemClock } from '../domain/clock.js';
+import {
+  recordingProxy,
+  startServiceRig,
+  storeWith,
+  TEST_CTX as ctx,
+} from '../../test/support/service-rig.js';
+import type { ServiceRig } from '../../test/support/service-rig.js';
 import { StacyError, unavailable } from '../domain/errors.js';
-import { silentLogger } from '../domain/logger.js';
 import type { Logger } from '../domain/logger.js';
-import { MockProvider } from '../providers/mock/mock-provider.js';
-import { createSqliteStore } from '../store/sqlite/open-sqlite.js';
 import { AUDIT_APPEND_BATCH_MAX } from '../store/store.js';
 import type { AuditEntry, Store } from '../store/store.js';
-import { WorkerRuntime } from '../worker/worker-runtime.js';
-import { EventBus } from './events.js';
-import type { SandboxLimits } from './limits.js';
-import { Metrics } from './metrics.js';
-import type { CallContext } from './sandbox-service.js';
-import { SandboxService } from './sandbox-service.js';
 
-const ctx: CallContext = { requestId: 'req-1', actor: 'tester' };
-
-const LIMITS: SandboxLimits = {
-  defaultTtlMs: 30 * 60_000,
-  maxTtlMs: 24 * 3_600_000,
-  defaultImage: 'alpine:latest',
-  defaultMemoryMb: 1024,
-  defaultVcpus: 1,
-  defaultExecTimeoutMs: 0,
-  maxExecTimeoutMs: 60_000,
-  maxSandboxes: 0,
-  maxSandboxesPerOwner: 0,
-};
-
-interface Rig {
-  dir: string;
-  /** The real store, unwrapped. */
-  store: Store;
-  runtime: WorkerRuntime;
-  sandboxes: SandboxService;
+/** What the tests see and set of the store as the service sees it. */
+interface Instruments {
   /** `part.method` of every store call the service made, in order. */
   calls: string[];
   /** Entries of each appendMany call the service made. */
@@ -58,20 +34,12 @@ interface Rig {
   warnings: string[];
 }
 
+type Rig = ServiceRig & Instruments;
+
 /** The store with every call of the parts the service uses recorded in `r.calls`. */
-function instrumented(r: Rig): Store {
-  const store = r.store;
+function instrumented(store: Store, r: Instruments): Store {
   const part = <T extends object>(name: string, target: T): T =>
-    new Proxy(target, {
-      get(t, prop, receiver) {
-        const v: unknown = Reflect.get(t, prop, receiver);
-        if (typeof v !== 'function') return v;
-        return (...args: unknown[]) => {
-          r.calls.push(`${name}.${String(prop)}`);
-          return (v as (...a: unknown[]) => unknown).apply(t, args);
-        };
-      },
-    });
+    recordingProxy(target, (method) => r.calls.push(`${name}.${method}`));
   const audit = {
     append: (e: AuditEntry): Promise<number> => {
       if (e.sandboxId === r.failSandboxId) return Promise.reject(new Error('refused row'));
@@ -85,36 +53,16 @@ function instrumented(r: Rig): Store {
     },
     list: store.audit.list.bind(store.audit),
   };
-  return {
-    dialect: store.dialect,
+  return storeWith(store, {
     sandboxes: part('sandboxes', store.sandboxes),
     workers: part('workers', store.workers),
     leases: part('leases', store.leases),
-    execLogs: store.execLogs,
     audit: part('audit', audit),
-    templates: store.templates,
-    migrate: () => store.migrate(),
-    schemaVersion: () => store.schemaVersion(),
-    ping: () => store.ping(),
-    close: () => store.close(),
-  };
+  });
 }
 
 async function rig(): Promise<Rig> {
-  const dir = await mkdtemp(join(tmpdir(), 'stacyvm-svc-'));
-  const store = await createSqliteStore({ path: ':memory:' });
-  await store.migrate();
-  const runtime = new WorkerRuntime({
-    workerId: 'local',
-    providers: [new MockProvider({ baseDir: dir })],
-    defaultProvider: 'mock',
-    logger: silentLogger,
-  });
-  await runtime.start();
-  const r: Rig = {
-    dir,
-    store,
-    runtime,
+  const r: Instruments = {
     calls: [],
     batches: [],
     gate: undefined,
@@ -122,25 +70,15 @@ async function rig(): Promise<Rig> {
     batchError: undefined,
     failSandboxId: '',
     warnings: [],
-  } as unknown as Rig;
+  };
   const logger: Logger = {
     debug: () => undefined,
     info: () => undefined,
     warn: (obj, msg) => r.warnings.push(`${msg ?? ''} ${JSON.stringify(obj)}`),
     error: () => undefined,
   };
-  r.sandboxes = new SandboxService({
-    store: instrumented(r),
-    workers: { client: (id) => (id === 'local' ? runtime : undefined) },
-    events: new EventBus({ clock: systemClock }),
-    metrics: new Metrics(),
-    clock: systemClock,
-    logger,
-    limits: LIMITS,
-    localWorkerId: 'local',
-    defaultProvider: 'mock',
-  });
-  return r;
+  // The tests set r's fields on the returned rig: it must be r itself.
+  return Object.assign(r, await startServiceRig({ wrapStore: (s) => instrumented(s, r), logger }));
 }
 
 describe('SandboxService on the store', () => {
@@ -150,10 +88,7 @@ describe('SandboxService on the store', () => {
   });
   afterEach(async () => {
     r.gate = undefined;
-    await r.sandboxes.drain();
-    await r.runtime.stop();
-    await r.store.close();
-    await rm(r.dir, { recursive: true, force: true });
+    await r.close();
   });
 
   it('writes the audit rows that queue up meanwhile in one insert, in call order; drain waits', async () => {

@@ -3,45 +3,19 @@
  * in-memory SQLite store and a real in-process worker (mock provider), with
  * the worker client wrapped where a test needs it to fail.
  */
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { startServiceRig, stacyErrorOf, TEST_CTX as ctx } from '../../test/support/service-rig.js';
+import type { ServiceRig } from '../../test/support/service-rig.js';
 import { systemClock } from '../domain/clock.js';
 import { StacyError } from '../domain/errors.js';
 import type { ExecSpec } from '../domain/exec.js';
 import { silentLogger } from '../domain/logger.js';
-import { MockProvider } from '../providers/mock/mock-provider.js';
-import type { WorkerClient } from '../rpc/worker-client.js';
-import { createSqliteStore } from '../store/sqlite/open-sqlite.js';
-import type { Store } from '../store/store.js';
-import { WorkerRuntime } from '../worker/worker-runtime.js';
-import { EventBus } from './events.js';
 import type { SandboxLimits } from './limits.js';
-import { Metrics } from './metrics.js';
-import type { CallContext } from './sandbox-service.js';
-import { SandboxService } from './sandbox-service.js';
 import { TemplateService } from './template-service.js';
 
-const ctx: CallContext = { requestId: 'req-1', actor: 'tester' };
-
-const LIMITS: SandboxLimits = {
-  defaultTtlMs: 30 * 60_000,
-  maxTtlMs: 24 * 3_600_000,
-  defaultImage: 'alpine:latest',
-  defaultMemoryMb: 1024,
-  defaultVcpus: 1,
-  defaultExecTimeoutMs: 0,
-  maxExecTimeoutMs: 60_000,
-  maxSandboxes: 0,
-  maxSandboxesPerOwner: 0,
-};
-
-interface Rig {
-  dir: string;
-  store: Store;
-  runtime: WorkerRuntime;
-  sandboxes: SandboxService;
+interface Rig extends ServiceRig {
   templates: TemplateService;
   /** Makes the next destroy calls of the worker fail (a worker that cannot remove runtimes). */
   failDestroy: boolean;
@@ -50,59 +24,35 @@ interface Rig {
 }
 
 async function rig(limits: Partial<SandboxLimits> = {}): Promise<Rig> {
-  const dir = await mkdtemp(join(tmpdir(), 'stacyvm-tpl-'));
-  const store = await createSqliteStore({ path: ':memory:' });
-  await store.migrate();
-  const runtime = new WorkerRuntime({
-    workerId: 'local',
-    providers: [new MockProvider({ baseDir: dir })],
-    defaultProvider: 'mock',
-    logger: silentLogger,
+  const hooks = { failDestroy: false, execs: [] as ExecSpec[] };
+  const base = await startServiceRig({
+    dirPrefix: 'stacyvm-tpl-',
+    limits,
+    wrapWorker: (runtime) =>
+      new Proxy(runtime, {
+        get(target, prop, receiver) {
+          if (prop === 'destroy' && hooks.failDestroy) {
+            return () => Promise.reject(new StacyError('UNAVAILABLE', 'worker is unreachable'));
+          }
+          if (prop === 'exec') {
+            return (ref: unknown, spec: ExecSpec, opts: unknown) => {
+              hooks.execs.push(spec);
+              return (target.exec as (...a: unknown[]) => unknown).call(target, ref, spec, opts);
+            };
+          }
+          const v: unknown = Reflect.get(target, prop, receiver);
+          return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+        },
+      }),
   });
-  await runtime.start();
-  const r = { dir, store, runtime, failDestroy: false, execs: [] } as unknown as Rig;
-  const client = new Proxy(runtime, {
-    get(target, prop, receiver) {
-      if (prop === 'destroy' && r.failDestroy) {
-        return () => Promise.reject(new StacyError('UNAVAILABLE', 'worker is unreachable'));
-      }
-      if (prop === 'exec') {
-        return (ref: unknown, spec: ExecSpec, opts: unknown) => {
-          r.execs.push(spec);
-          return (target.exec as (...a: unknown[]) => unknown).call(target, ref, spec, opts);
-        };
-      }
-      const v: unknown = Reflect.get(target, prop, receiver);
-      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
-    },
-  }) as WorkerClient;
-  r.sandboxes = new SandboxService({
-    store,
-    workers: { client: (id) => (id === 'local' ? client : undefined) },
-    events: new EventBus({ clock: systemClock }),
-    metrics: new Metrics(),
-    clock: systemClock,
-    logger: silentLogger,
-    limits: { ...LIMITS, ...limits },
-    localWorkerId: 'local',
-    defaultProvider: 'mock',
-  });
-  r.templates = new TemplateService({
-    store,
-    sandboxes: r.sandboxes,
+  const templates = new TemplateService({
+    store: base.store,
+    sandboxes: base.sandboxes,
     clock: systemClock,
     logger: silentLogger,
   });
-  return r;
-}
-
-async function rejection(p: Promise<unknown>): Promise<StacyError> {
-  const err: unknown = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(StacyError);
-  return err as StacyError;
+  // The tests set failDestroy on the returned rig: it must be hooks itself.
+  return Object.assign(hooks, base, { templates });
 }
 
 describe('TemplateService', () => {
@@ -111,10 +61,7 @@ describe('TemplateService', () => {
     r = await rig();
   });
   afterEach(async () => {
-    await r.sandboxes.drain();
-    await r.runtime.stop();
-    await r.store.close();
-    await rm(r.dir, { recursive: true, force: true });
+    await r.close();
   });
 
   it('fills defaults from the server limits on create', async () => {
@@ -208,9 +155,9 @@ describe('TemplateService', () => {
     const sb = await r.templates.spawn('t', { ttl: '5m', provider: 'mock' }, ctx);
     expect(sb.expiresAtMs - sb.createdAtMs).toBe(5 * 60_000);
     expect(sb.env).toBeUndefined();
-    const err = await rejection(r.templates.spawn('t', { ttl: '48h' }, ctx));
+    const err = await stacyErrorOf(r.templates.spawn('t', { ttl: '48h' }, ctx));
     expect(err.code).toBe('RESOURCE_LIMIT');
-    const unknown = await rejection(r.templates.spawn('nope', {}, ctx));
+    const unknown = await stacyErrorOf(r.templates.spawn('nope', {}, ctx));
     expect(unknown).toMatchObject({ code: 'NOT_FOUND', message: 'template not found: nope' });
   });
 
@@ -220,7 +167,7 @@ describe('TemplateService', () => {
       { image: 'alpine', setup: ['echo ok', 'echo boom >&2; exit 3', 'touch never'] },
       ctx,
     );
-    const err = await rejection(r.templates.spawn('bad', {}, ctx));
+    const err = await stacyErrorOf(r.templates.spawn('bad', {}, ctx));
     expect(err.code).toBe('BAD_REQUEST');
     expect(err.message).toBe(
       'spawn failed: setup command 2 of 3 ("echo boom >&2; exit 3") exited with code 3: boom',
@@ -245,7 +192,7 @@ describe('TemplateService', () => {
     try {
       await short.templates.create('slow', { image: 'alpine', setup: ['sleep 5'] }, ctx);
       const started = Date.now();
-      const err = await rejection(short.templates.spawn('slow', {}, ctx));
+      const err = await stacyErrorOf(short.templates.spawn('slow', {}, ctx));
       expect(Date.now() - started).toBeLessThan(4000);
       expect(err.code).toBe('TIMEOUT');
       expect(err.message).toBe(
@@ -254,10 +201,7 @@ describe('TemplateService', () => {
       expect(await short.runtime.listRuntimes('mock')).toEqual([]);
       expect(await short.store.sandboxes.count()).toBe(0);
     } finally {
-      await short.sandboxes.drain();
-      await short.runtime.stop();
-      await short.store.close();
-      await rm(short.dir, { recursive: true, force: true });
+      await short.close();
     }
   });
 
@@ -265,7 +209,7 @@ describe('TemplateService', () => {
     await r.templates.create('slow', { image: 'alpine', setup: ['sleep 5'] }, ctx);
     const ac = new AbortController();
     setTimeout(() => ac.abort(new Error('client disconnected')), 200);
-    await rejection(r.templates.spawn('slow', {}, { ...ctx, signal: ac.signal }));
+    await stacyErrorOf(r.templates.spawn('slow', {}, { ...ctx, signal: ac.signal }));
     expect(await r.runtime.listRuntimes('mock')).toEqual([]);
     expect(await r.store.sandboxes.count()).toBe(0);
   });
@@ -273,7 +217,7 @@ describe('TemplateService', () => {
   it('when the runtime cannot be removed, the record stays visible in error with its lease', async () => {
     await r.templates.create('bad', { image: 'alpine', setup: ['exit 1'] }, ctx);
     r.failDestroy = true;
-    await rejection(r.templates.spawn('bad', {}, ctx));
+    await stacyErrorOf(r.templates.spawn('bad', {}, ctx));
     const [rec] = await r.store.sandboxes.list();
     expect(rec).toMatchObject({ state: 'error', provider: 'mock' });
     expect(rec?.vmId).not.toBe('');
@@ -291,11 +235,11 @@ describe('TemplateService', () => {
     const second = await r.templates.replace('t', { image: 'b' }, ctx);
     expect(second).toMatchObject({ version: 2, image: 'b', setup: [] });
     expect(second.createdAtMs).toBe(first.createdAtMs);
-    expect((await rejection(r.templates.replace('zz', { image: 'b' }, ctx))).code).toBe(
+    expect((await stacyErrorOf(r.templates.replace('zz', { image: 'b' }, ctx))).code).toBe(
       'NOT_FOUND',
     );
     await r.templates.delete('t', ctx);
-    expect((await rejection(r.templates.delete('t', ctx))).code).toBe('NOT_FOUND');
-    expect((await rejection(r.templates.get('t'))).code).toBe('NOT_FOUND');
+    expect((await stacyErrorOf(r.templates.delete('t', ctx))).code).toBe('NOT_FOUND');
+    expect((await stacyErrorOf(r.templates.get('t'))).code).toBe('NOT_FOUND');
   });
 });
