@@ -3,7 +3,7 @@
  * servers on 127.0.0.1 standing in for the app in a sandbox, a gateway with a
  * fixed resolver in front of them.
  */
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
 import type { Server, Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { httpCall } from '../../test/support/preview-upstream.js';
@@ -135,6 +135,58 @@ describe('preview gateway and misbehaving upstreams', () => {
     const r = await httpCall(port, host, '/post', { method: 'POST', body: 'x' });
     expect(r.status).toBe(502);
     expect(up.requests).toBe(2);
+  });
+
+  it('keeps a sandbox’s cookies on its own preview host: Domain attributes are removed', async () => {
+    const up = await rawUpstream((s) => {
+      s.write(
+        'HTTP/1.1 200 OK\r\n' +
+          'Set-Cookie: a=1; Domain=localhost; Path=/\r\n' +
+          'Set-Cookie: b=2; Path=/; domain = .localhost; HttpOnly\r\n' +
+          'Set-Cookie: c=3; Path=/\r\n' +
+          'X-Domain-Note: domain=kept\r\n' +
+          'Content-Length: 2\r\n\r\nok',
+      );
+    });
+    const { port, host } = await gatewayTo(up);
+    const r = await httpCall(port, host, '/');
+    expect(r.status).toBe(200);
+    expect(r.headers['set-cookie']).toEqual([
+      'a=1; Path=/',
+      'b=2; Path=/; HttpOnly',
+      'c=3; Path=/',
+    ]);
+    expect(r.headers['x-domain-note']).toBe('domain=kept');
+  });
+
+  it('removes cookie Domain attributes from a WebSocket handshake answer too', async () => {
+    const up = await rawUpstream((s) => {
+      s.write(
+        'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+          'Sec-WebSocket-Accept: x\r\nSet-Cookie: ws=1; Domain=localhost\r\n\r\n',
+      );
+    });
+    const { port, host } = await gatewayTo(up);
+    const answer = await new Promise<string>((resolve, reject) => {
+      const c = connect(port, '127.0.0.1', () =>
+        c.write(
+          `GET /ws HTTP/1.1\r\nHost: ${host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+            'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
+        ),
+      );
+      let got = '';
+      c.on('data', (d: Buffer) => {
+        got += d.toString('latin1');
+        if (got.includes('\r\n\r\n')) {
+          c.destroy();
+          resolve(got);
+        }
+      });
+      c.on('error', reject);
+    });
+    expect(answer).toMatch(/^HTTP\/1\.1 101 /);
+    expect(answer).toContain('Set-Cookie: ws=1\r\n');
+    expect(answer.toLowerCase()).not.toContain('domain=');
   });
 
   it('answers an upstream that sends an unsolicited 100 with 502 upstream_error, once', async () => {

@@ -992,8 +992,10 @@ class Gateway implements PreviewGateway {
       }
       const lines = [`HTTP/1.1 101 ${pres.statusMessage ?? 'Switching Protocols'}`];
       const raw = pres.rawHeaders;
-      for (let i = 0; i + 1 < raw.length; i += 2)
-        lines.push(`${raw[i] ?? ''}: ${raw[i + 1] ?? ''}`);
+      for (let i = 0; i + 1 < raw.length; i += 2) {
+        const name = raw[i] ?? '';
+        lines.push(`${name}: ${hostOnlyCookie(name, raw[i + 1] ?? '')}`);
+      }
       socket.write(`${lines.join('\r\n')}\r\n\r\n`);
       if (upstreamHead.length > 0) socket.write(upstreamHead);
       if (head.length > 0) upstream.write(head);
@@ -1082,9 +1084,21 @@ function withoutHopByHop(raw: readonly string[]): string[] {
     const name = raw[i] ?? '';
     const lower = name.toLowerCase();
     if (HOP_BY_HOP.has(lower) || dropped.has(lower)) continue;
-    out.push(name, raw[i + 1] ?? '');
+    out.push(name, hostOnlyCookie(name, raw[i + 1] ?? ''));
   }
   return out;
+}
+
+const COOKIE_DOMAIN = /;\s*domain\s*=[^;]*/gi;
+
+/**
+ * A sandbox's cookies stay on its own preview host: the Domain attribute of
+ * a Set-Cookie is removed, so an app cannot set cookies for the preview
+ * domain that every other sandbox's preview would then receive.
+ */
+function hostOnlyCookie(name: string, value: string): string {
+  if (name.length !== 10 || name.toLowerCase() !== 'set-cookie') return value;
+  return value.replace(COOKIE_DOMAIN, '');
 }
 
 /** The name a worker's certificate is checked against: `serverName`, else its URL's host. */
