@@ -29,6 +29,7 @@ import { cpus, loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
+import { cpuQuotas } from '../lib/cgroup.mjs';
 import { makeClient } from '../lib/http.mjs';
 import { now, repeat } from '../lib/loops.mjs';
 import { clusterPids, startPgCluster } from '../lib/pg.mjs';
@@ -69,6 +70,9 @@ function usage() {
   --pg-statements       also list the statements PostgreSQL ran per cycle (pg_stat_statements;
                         costs some throughput, so for finding where the time goes)
   --cpu-prof DIR        run the control planes with --cpu-prof, profiles into DIR
+  --cp-cpus X           hold every control plane to X CPUs (a cgroup CFS quota of its own, as if
+                        each ran on a host of that size; needs root and cgroups); PostgreSQL and
+                        the bench are not limited
   -h, --help            this text
 
 Needs PostgreSQL server binaries (/usr/lib/postgresql/*/bin or STACYVM_PG_BIN).
@@ -86,6 +90,7 @@ function parseOptions(argv) {
       'pg-durable': { type: 'boolean', default: false },
       'pg-statements': { type: 'boolean', default: false },
       'cpu-prof': { type: 'string' },
+      'cp-cpus': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
@@ -105,7 +110,18 @@ function parseOptions(argv) {
     pgDurable: values['pg-durable'],
     pgStatements: values['pg-statements'],
     cpuProfDir: values['cpu-prof'] === undefined ? undefined : resolve(values['cpu-prof']),
+    cpCpus: values['cp-cpus'] === undefined ? undefined : cpCpusOption(values['cp-cpus']),
   };
+}
+
+function cpCpusOption(raw) {
+  const n = positiveOption('cp-cpus', raw, false);
+  if (n > cpus().length) {
+    throw new BenchError(
+      `--cp-cpus must be at most the machine's ${cpus().length} CPUs (got ${raw})`,
+    );
+  }
+  return n;
 }
 
 // ---------------------------------------------------------------------------
@@ -398,15 +414,15 @@ async function measureLeases({ sqlitePath, pgDsn, opts }) {
 // ---------------------------------------------------------------------------
 // One run
 
-async function oneRun({ runIndex, opts, cluster, dir, keys, live }) {
+async function oneRun({ runIndex, opts, cluster, dir, keys, live, quotas }) {
   const database = `bench_run${runIndex}`;
   const pgDsn = await cluster.createDatabase(database);
   const statementsDsn = opts.pgStatements ? pgDsn : undefined;
   if (statementsDsn !== undefined) {
     await withPg(pgDsn, (c) => c.query('create extension pg_stat_statements'));
   }
-  const cp = (name, database, workerId) =>
-    startCp({
+  const cp = async (name, database, workerId) => {
+    const proc = await startCp({
       name: `${name}-r${runIndex}`,
       dir,
       keys,
@@ -414,6 +430,9 @@ async function oneRun({ runIndex, opts, cluster, dir, keys, live }) {
       workerId,
       cpuProfDir: opts.cpuProfDir,
     });
+    quotas?.limit(`${name}-r${runIndex}`, proc.child.pid, opts.cpCpus);
+    return proc;
+  };
   const stopAll = async () => {
     for (const p of [...live]) {
       await stopServer(p);
@@ -606,9 +625,11 @@ async function main() {
   const dir = await mkdtemp(join(tmpdir(), 'stacyvm-bench-store-'));
   const live = new Set();
   let cluster;
+  const quotas = opts.cpCpus === undefined ? undefined : cpuQuotas();
   const cleanup = async () => {
     for (const p of live) await stopServer(p).catch(() => undefined);
     live.clear();
+    quotas?.removeAll();
     cluster?.destroy();
     cluster = undefined;
     await rm(dir, { recursive: true, force: true });
@@ -633,6 +654,12 @@ async function main() {
           .map((x) => x.toFixed(2))
           .join(' ')}  postgres ${opts.pgDurable ? 'durable (fsync on)' : 'fsync off'}\n`,
     );
+    if (quotas !== undefined) {
+      process.stdout.write(
+        `every control plane is held to ${opts.cpCpus} CPUs (cgroup v${quotas.version} CFS quota of its own); ` +
+          'PostgreSQL and the bench are not limited\n',
+      );
+    }
     process.stdout.write(
       keys.localWorkerId
         ? 'two control planes: server.local_worker_id cp-1 and cp-2\n'
@@ -642,7 +669,7 @@ async function main() {
     );
     const runs = [];
     for (let i = 1; i <= opts.runs; i++) {
-      const r = await oneRun({ runIndex: i, opts, cluster, dir, keys, live });
+      const r = await oneRun({ runIndex: i, opts, cluster, dir, keys, live, quotas });
       runs.push(r);
       printRun(r, `run ${i} of ${opts.runs}`);
     }
@@ -695,6 +722,7 @@ async function main() {
         concurrency: opts.concurrency,
         lease_iterations: opts.leaseIterations,
         pg_durable: opts.pgDurable,
+        cp_cpus: opts.cpCpus ?? null,
         local_worker_id_key: keys.localWorkerId,
         medians: med,
         targets: Object.fromEntries(
