@@ -16,9 +16,10 @@ export interface ClusterChannel {
   /**
    * Starts delivering messages to `handler`, in the order the database
    * commits them. Keeps reconnecting after a lost connection; messages sent
-   * while it was away are not delivered.
+   * while it was away are not delivered, and `onResync` is called once
+   * delivery resumes after such a gap.
    */
-  subscribe(handler: (payload: string) => void): Promise<void>;
+  subscribe(handler: (payload: string) => void, onResync?: () => void): Promise<void>;
   close(): Promise<void>;
 }
 

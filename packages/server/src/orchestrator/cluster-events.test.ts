@@ -12,6 +12,7 @@ class FakeNetwork {
   /** Sizes of the round trips that carried them (publish = 1, publishMany = its length). */
   readonly trips: number[] = [];
   private readonly handlers = new Set<(p: string) => void>();
+  private readonly resyncs = new Set<() => void>();
   failing = false;
 
   channel(): ClusterChannel & { closed: boolean } {
@@ -25,9 +26,10 @@ class FakeNetwork {
         this.sent.push(payload);
         for (const h of this.handlers) h(payload);
       },
-      subscribe: async (handler: (p: string) => void): Promise<void> => {
+      subscribe: async (handler: (p: string) => void, onResync?: () => void): Promise<void> => {
         mine = handler;
         this.handlers.add(handler);
+        if (onResync !== undefined) this.resyncs.add(onResync);
       },
       close: async (): Promise<void> => {
         ch.closed = true;
@@ -53,6 +55,11 @@ class FakeNetwork {
     });
   }
 
+  /** Every listener's connection came back after a gap. */
+  reconnect(): void {
+    for (const r of this.resyncs) r();
+  }
+
   /** Delivers a raw payload as if another process had sent it. */
   inject(payload: string): void {
     for (const h of this.handlers) h(payload);
@@ -74,6 +81,18 @@ function collect(bus: ClusterEventBus): StacyEvent[] {
 }
 
 describe('ClusterEventBus', () => {
+  test('tells its resync listeners when the channel resumes after a gap', async () => {
+    const net = new FakeNetwork();
+    const { a } = await pair(net);
+    let resyncs = 0;
+    const off = a.onResync(() => (resyncs += 1));
+    net.reconnect();
+    expect(resyncs).toBe(1);
+    off();
+    net.reconnect();
+    expect(resyncs).toBe(1);
+  });
+
   test('an event published on one control plane reaches subscribers of both, once each', async () => {
     const net = new FakeNetwork();
     const { a, b } = await pair(net);

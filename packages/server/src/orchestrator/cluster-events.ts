@@ -113,7 +113,10 @@ export class ClusterEventBus extends EventBus {
 
   /** Starts taking events from the other control planes. */
   start(): Promise<void> {
-    return this.channel.subscribe((payload) => this.receive(payload));
+    return this.channel.subscribe(
+      (payload) => this.receive(payload),
+      () => this.resync(),
+    );
   }
 
   override publish(

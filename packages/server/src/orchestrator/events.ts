@@ -46,6 +46,7 @@ export interface EventBusOptions {
  */
 export class EventBus {
   private readonly listeners = new Set<EventListener>();
+  private readonly resyncListeners = new Set<() => void>();
   private readonly history: StacyEvent[] = [];
   private readonly historySize: number;
   private seq = 0;
@@ -91,6 +92,29 @@ export class EventBus {
     return () => {
       this.listeners.delete(listener);
     };
+  }
+
+  /**
+   * Calls `listener` whenever events may have been missed (another control
+   * plane's events while the cluster connection was down), so state derived
+   * from events can be dropped. Returns the unsubscribe function.
+   */
+  onResync(listener: () => void): () => void {
+    this.resyncListeners.add(listener);
+    return () => {
+      this.resyncListeners.delete(listener);
+    };
+  }
+
+  /** Tells {@link onResync} listeners that events may have been missed. */
+  resync(): void {
+    for (const listener of this.resyncListeners) {
+      try {
+        listener();
+      } catch {
+        // As with events: one failing listener does not stop the others.
+      }
+    }
   }
 
   /** Events after `lastEventId` still in history; none when the id is malformed. */

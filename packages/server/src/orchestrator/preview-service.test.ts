@@ -193,6 +193,17 @@ describe('PreviewService resolution cache', () => {
     expect(off.service.cached(off.target('sb-0000000b'))).toBeUndefined();
   });
 
+  it('drops everything when the event stream had a gap (cluster connection back after a loss)', async () => {
+    const s = setup({ ttlMs: 60_000 });
+    s.sandboxes.set('sb-0000000c', record('sb-0000000c'));
+    await s.service.resolve(s.target('sb-0000000c'));
+    expect(s.service.resolveCacheSize).toBe(1);
+    s.events.resync();
+    expect(s.service.resolveCacheSize).toBe(0);
+    await s.service.resolve(s.target('sb-0000000c'));
+    expect(s.calls.get).toBe(2);
+  });
+
   it('never caches failures', async () => {
     const s = setup({ ttlMs: 60_000 });
     await expect(s.service.resolve(s.target('sb-00000007'))).rejects.toMatchObject({

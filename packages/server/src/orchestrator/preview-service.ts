@@ -48,9 +48,10 @@ export interface PreviewServiceOptions {
   /**
    * Lifecycle events (the cluster bus with several control planes): any
    * event of a sandbox drops its cached resolutions at once, a worker event
-   * drops them all. Without it only the TTL bounds staleness.
+   * drops them all, and so does a gap in the cluster events (the connection
+   * to the database came back). Without it only the TTL bounds staleness.
    */
-  events?: Pick<EventBus, 'subscribe'>;
+  events?: Pick<EventBus, 'subscribe' | 'onResync'>;
   /** Most cached resolutions (least recently used ones go first); default 10,000. */
   resolveCacheMax?: number;
 }
@@ -118,6 +119,7 @@ export class PreviewService {
   private readonly cacheTtlMs: number;
   private readonly cacheMax: number;
   private readonly unsubscribe: (() => void) | undefined;
+  private readonly unsubscribeResync: (() => void) | undefined;
 
   constructor(private readonly o: PreviewServiceOptions) {
     this.publicPortValue = o.settings.publicPort;
@@ -125,11 +127,15 @@ export class PreviewService {
     this.cacheMax = Math.max(1, o.resolveCacheMax ?? PREVIEW_RESOLVE_CACHE_MAX);
     this.unsubscribe =
       this.cacheTtlMs > 0 ? o.events?.subscribe((e) => this.onEvent(e)) : undefined;
+    // Events missed while the cluster connection was down: nothing cached can be trusted.
+    this.unsubscribeResync =
+      this.cacheTtlMs > 0 ? o.events?.onResync(() => this.invalidate()) : undefined;
   }
 
   /** Stops listening to lifecycle events (the cache is then bounded by its TTL alone). */
   close(): void {
     this.unsubscribe?.();
+    this.unsubscribeResync?.();
     this.clearCache();
   }
 

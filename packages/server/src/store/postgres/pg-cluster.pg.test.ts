@@ -139,13 +139,19 @@ describe.skipIf(adminDsn === '')(
       const sender = new PgClusterChannel({ dsn: db.dsn, logger });
       const listener = new PgClusterChannel({ dsn: db.dsn, logger });
       const got: string[] = [];
+      let resyncs = 0;
       try {
-        await listener.subscribe((p) => got.push(p));
+        await listener.subscribe(
+          (p) => got.push(p),
+          () => (resyncs += 1),
+        );
         await sender.publish('before');
         await until('before', () => got.includes('before'));
+        expect(resyncs).toBe(0);
         expect(await terminate(adminDsn, db.name, 'stacyvm-listen')).toBeGreaterThan(0);
         await until('listener noticed', () => !listener.listening);
         await until('listener back', () => listener.listening);
+        expect(resyncs).toBe(1);
         await sender.publish('after');
         await until('after', () => got.includes('after'));
         expect(logger.lines.some((l) => l.includes('lost the connection that listens'))).toBe(true);

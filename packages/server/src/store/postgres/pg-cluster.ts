@@ -81,6 +81,7 @@ export class PgClusterChannel implements ClusterChannel {
   private readonly nowMs: () => number;
   private listener: pg.Client | undefined;
   private handler: ((payload: string) => void) | undefined;
+  private onResync: (() => void) | undefined;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private backoffMs = RECONNECT_MIN_MS;
   private closed = false;
@@ -169,8 +170,9 @@ export class PgClusterChannel implements ClusterChannel {
     this.prune();
   }
 
-  async subscribe(handler: (payload: string) => void): Promise<void> {
+  async subscribe(handler: (payload: string) => void, onResync?: () => void): Promise<void> {
     this.handler = handler;
+    this.onResync = onResync;
     await this.connect();
   }
 
@@ -234,6 +236,11 @@ export class PgClusterChannel implements ClusterChannel {
         { database: this.target },
         'listening for other control planes’ events again (events sent meanwhile were missed)',
       );
+      try {
+        this.onResync?.();
+      } catch {
+        // A failing callback must not stop the listener.
+      }
     }
   }
 
