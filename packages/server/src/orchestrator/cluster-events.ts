@@ -3,6 +3,7 @@ import type { ClusterChannel } from '../domain/cluster.js';
 import type { Logger } from '../domain/logger.js';
 import type { EventBusOptions, EventType, StacyEvent } from './events.js';
 import { EventBus } from './events.js';
+import { SerialBatcher } from './serial-batcher.js';
 
 /**
  * A cluster channel that may also send several messages in one round trip.
@@ -90,13 +91,9 @@ export class ClusterEventBus extends EventBus {
   readonly instanceId: string;
   private readonly channel: BatchingClusterChannel;
   private readonly logger: Logger;
-  private readonly maxPending: number;
-  /** Payloads waiting to be sent, oldest first. */
-  private outbox: string[] = [];
-  /** The running send loop, while there is one. */
-  private sending: Promise<void> | undefined;
+  /** Payloads waiting to be sent, oldest first, sent by one loop in batches. */
+  private readonly outbox: SerialBatcher<string>;
   private sent = 0;
-  private pending = 0;
   private dropped = 0;
   private failed = 0;
   private received = 0;
@@ -108,7 +105,11 @@ export class ClusterEventBus extends EventBus {
     this.channel = o.channel;
     this.logger = o.logger;
     this.instanceId = o.instanceId ?? `cp-${randomBytes(8).toString('hex')}`;
-    this.maxPending = o.maxPending ?? DEFAULT_MAX_PENDING;
+    this.outbox = new SerialBatcher({
+      maxBatch: CLUSTER_SEND_BATCH_MAX,
+      maxPending: o.maxPending ?? DEFAULT_MAX_PENDING,
+      write: (batch) => this.sendBatch(batch),
+    });
   }
 
   /** Starts taking events from the other control planes. */
@@ -141,7 +142,7 @@ export class ClusterEventBus extends EventBus {
 
   /** Waits until every event published so far has been sent (or given up on). */
   flushed(): Promise<void> {
-    return this.sending ?? Promise.resolve();
+    return this.outbox.idle();
   }
 
   /** Stops listening after sending what is queued. */
@@ -153,47 +154,33 @@ export class ClusterEventBus extends EventBus {
 
   private send(event: StacyEvent): void {
     if (this.closed) return;
-    if (this.pending >= this.maxPending) {
+    const { id: _localId, ...fields } = event;
+    const message: ClusterMessage = { v: 1, o: this.instanceId, n: this.sent + 1, e: fields };
+    // Events published back to back (before the send loop runs) share one round trip.
+    if (!this.outbox.push(JSON.stringify(message))) {
       this.dropped += 1;
       this.warn('too many events waiting to be sent to the other control planes; dropping');
       return;
     }
-    const { id: _localId, ...fields } = event;
     this.sent += 1;
-    const message: ClusterMessage = { v: 1, o: this.instanceId, n: this.sent, e: fields };
-    this.outbox.push(JSON.stringify(message));
-    this.pending += 1;
-    this.sending ??= this.sendLoop();
   }
 
-  /** Sends the outbox in order until it is empty; never rejects. */
-  private async sendLoop(): Promise<void> {
-    // Starts after the publisher's current synchronous work, so the events
-    // it publishes back to back share one round trip.
-    await Promise.resolve();
-    for (;;) {
-      if (this.outbox.length === 0) {
-        // Cleared in the same turn as the check, so a later send starts a new loop.
-        this.sending = undefined;
-        return;
+  /** Sends one batch in order: one round trip when the channel can batch. Never rejects. */
+  private async sendBatch(batch: string[]): Promise<void> {
+    if (batch.length > 1 && this.channel.publishMany !== undefined) {
+      try {
+        await this.channel.publishMany(batch);
+      } catch (err) {
+        this.sendFailed(batch.length, err);
       }
-      const batch = this.outbox.splice(0, CLUSTER_SEND_BATCH_MAX);
-      if (batch.length > 1 && this.channel.publishMany !== undefined) {
-        try {
-          await this.channel.publishMany(batch);
-        } catch (err) {
-          this.sendFailed(batch.length, err);
-        }
-      } else {
-        for (const payload of batch) {
-          try {
-            await this.channel.publish(payload);
-          } catch (err) {
-            this.sendFailed(1, err);
-          }
-        }
+      return;
+    }
+    for (const payload of batch) {
+      try {
+        await this.channel.publish(payload);
+      } catch (err) {
+        this.sendFailed(1, err);
       }
-      this.pending -= batch.length;
     }
   }
 

@@ -24,6 +24,7 @@ import type { EventBus } from './events.js';
 import type { SandboxLimits } from './limits.js';
 import type { Metrics } from './metrics.js';
 import { Mutex } from './mutex.js';
+import { SerialBatcher } from './serial-batcher.js';
 import { requireMode, requirePath, resolveTtlMs } from './request-rules.js';
 import type { PlacementDecision } from './scheduler.js';
 import { placeSandbox } from './scheduler.js';
@@ -212,6 +213,8 @@ export class SandboxService {
    * wait on them, and {@link drain} waits for them at shutdown. They are
    * queued and written in the order of the calls, one insert at a time: the
    * rows that queue up while one is on its way go together in the next.
+   * (Not in `pending`: the writer runs as long as rows keep coming, and
+   * readers of exec logs must not wait for it.)
    */
   private audit(
     ctx: CallContext,
@@ -221,18 +224,7 @@ export class SandboxService {
     detail: string,
     resource = '',
   ): void {
-    if (this.auditQueue.length >= AUDIT_QUEUE_MAX) {
-      // The store has not taken rows for a long while: keep memory bounded.
-      this.auditDropped += 1;
-      if (this.auditDropped === 1 || this.auditDropped % 1000 === 0) {
-        this.o.logger.error(
-          { dropped: this.auditDropped, queued: this.auditQueue.length },
-          'audit rows dropped: the store is not accepting them',
-        );
-      }
-      return;
-    }
-    this.auditQueue.push({
+    const queued = this.audits.push({
       actor: ctx.actor,
       action,
       sandboxId,
@@ -242,43 +234,38 @@ export class SandboxService {
       requestId: ctx.requestId,
       createdAtMs: this.now(),
     });
-    // Not in `pending`: the loop runs as long as rows keep coming, and readers
-    // of exec logs must not wait for it; drain() waits for it separately.
-    this.auditWriter ??= this.writeAudits();
+    if (queued) return;
+    // The store has not taken rows for a long while: memory stays bounded.
+    this.auditDropped += 1;
+    if (this.auditDropped === 1 || this.auditDropped % 1000 === 0) {
+      this.o.logger.error(
+        { dropped: this.auditDropped, queued: this.audits.pending },
+        'audit rows dropped: the store is not accepting them',
+      );
+    }
   }
 
-  private auditQueue: AuditEntry[] = [];
+  /** At most one statement's worth per write: a failed batch was then written not at all. */
+  private readonly audits = new SerialBatcher<AuditEntry>({
+    maxBatch: AUDIT_APPEND_BATCH_MAX,
+    maxPending: AUDIT_QUEUE_MAX,
+    write: (batch) => this.writeAudits(batch),
+  });
   /** Rows refused because the queue was full (the store not answering). */
   private auditDropped = 0;
-  /** The loop writing {@link auditQueue}, while there is one. */
-  private auditWriter: Promise<void> | undefined;
 
-  /** Writes queued audit rows in order until none are left; never rejects. */
-  private async writeAudits(): Promise<void> {
-    // Started once the caller's synchronous work is done, so the rows it
-    // queues together go together; while one insert is on its way, the rows
-    // queued meanwhile wait and go in the next one.
-    await Promise.resolve();
-    for (;;) {
-      if (this.auditQueue.length === 0) {
-        // Cleared in the same turn as the check, so a later audit starts a new loop.
-        this.auditWriter = undefined;
+  private async writeAudits(batch: AuditEntry[]): Promise<void> {
+    try {
+      await this.o.store.audit.appendMany(batch);
+    } catch (err) {
+      if (batch.length === 1 || (isStacyError(err) && err.code === 'UNAVAILABLE')) {
+        // The store is not answering: row by row would only wait longer.
+        this.auditFailed(batch.length, batch[0], err);
         return;
       }
-      // At most one statement's worth: a failed batch was then written not at all.
-      const batch = this.auditQueue.splice(0, AUDIT_APPEND_BATCH_MAX);
-      try {
-        await this.o.store.audit.appendMany(batch);
-      } catch (err) {
-        if (batch.length === 1 || (isStacyError(err) && err.code === 'UNAVAILABLE')) {
-          // The store is not answering: row by row would only wait longer.
-          this.auditFailed(batch.length, batch[0], err);
-        } else {
-          // One by one, so a row the store refuses costs only itself.
-          for (const e of batch) {
-            await this.o.store.audit.append(e).catch((one: unknown) => this.auditFailed(1, e, one));
-          }
-        }
+      // One by one, so a row the store refuses costs only itself.
+      for (const e of batch) {
+        await this.o.store.audit.append(e).catch((one: unknown) => this.auditFailed(1, e, one));
       }
     }
   }
@@ -325,8 +312,8 @@ export class SandboxService {
 
   /** Waits for background audit and exec-log writes (call before closing the store). */
   async drain(): Promise<void> {
-    while (this.pending.size > 0 || this.auditWriter !== undefined) {
-      await Promise.all([...this.pending, this.auditWriter]);
+    while (this.pending.size > 0 || this.audits.pending > 0) {
+      await Promise.all([...this.pending, this.audits.idle()]);
     }
   }
 
