@@ -351,8 +351,11 @@ describe.skipIf(adminDsn === '')(
           (await call(cpB.url, 'GET', `/sandboxes/${id}`)).status === 404 ? true : undefined,
         );
       }
-      expect(cpA.logs()).toMatch(
-        /"destroyed":\d+,"scope":"all".*reaper destroyed expired sandboxes/,
+      // The sweep logs once it is done, which may be just after the record reads 404.
+      await until('cp-a logged its full sweep', () =>
+        /"destroyed":\d+,"scope":"all".*reaper destroyed expired sandboxes/.test(cpA.logs())
+          ? true
+          : undefined,
       );
       expect(cpB.logs()).not.toContain('"scope":"all"');
       expect(cpB.logs()).toContain(
@@ -397,7 +400,9 @@ describe.skipIf(adminDsn === '')(
       await until('s2 reaped by cp-b', async () =>
         (await call(cpB.url, 'GET', `/sandboxes/${ids.s2}`)).status === 404 ? true : undefined,
       );
-      expect(cpB.logs()).toMatch(/"scope":"all".*reaper destroyed expired sandboxes/);
+      await until('cp-b logged its full sweep', () =>
+        /"scope":"all".*reaper destroyed expired sandboxes/.test(cpB.logs()) ? true : undefined,
+      );
 
       // The liveness sweep runs on cp-b too: cp-a's own worker stopped beating.
       await until(
