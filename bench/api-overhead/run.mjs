@@ -32,6 +32,8 @@ import {
   requireBuild,
   startServer as startStacyvm,
   stopServer,
+  reportFailure,
+  runBench,
 } from '../lib/server.mjs';
 import { fmt, round3, summarize, goDurationMs } from '../lib/stats.mjs';
 
@@ -478,12 +480,7 @@ async function main() {
     process.exitCode = 1;
     // After Ctrl-C the failing request is a consequence, not news.
     if (interrupted) return;
-    process.stderr.write(`api-overhead: ${err instanceof Error ? err.message : String(err)}\n`);
-    if (!(err instanceof BenchError) && err instanceof Error)
-      process.stderr.write(`${err.stack}\n`);
-    if (server !== undefined && server.tail.length > 0) {
-      process.stderr.write(`last server output:\n${server.tail.slice(-15).join('\n')}\n`);
-    }
+    reportFailure('api-overhead', err, [server]);
   } finally {
     await cleanup();
     process.off('SIGINT', onSignal);
@@ -491,7 +488,4 @@ async function main() {
   }
 }
 
-await main().catch((err) => {
-  process.stderr.write(`api-overhead: ${err instanceof Error ? err.message : String(err)}\n`);
-  process.exitCode = 1;
-});
+await runBench('api-overhead', main);

@@ -42,6 +42,8 @@ import {
   requireBuild,
   startServer as startStacyvm,
   stopServer,
+  reportFailure,
+  runBench,
 } from '../lib/server.mjs';
 import { fmt, goDurationMs, ratio, round3, summarize } from '../lib/stats.mjs';
 
@@ -1273,14 +1275,7 @@ async function main() {
   } catch (err) {
     process.exitCode = 1;
     if (!(err instanceof Interrupted)) {
-      process.stderr.write(
-        `docker-overhead: ${err instanceof Error ? err.message : String(err)}\n`,
-      );
-      if (!(err instanceof BenchError) && err instanceof Error)
-        process.stderr.write(`${err.stack}\n`);
-      if (ctx.server !== undefined && ctx.server.tail.length > 0) {
-        process.stderr.write(`last server output:\n${ctx.server.tail.slice(-15).join('\n')}\n`);
-      }
+      reportFailure('docker-overhead', err, [ctx.server]);
     }
   } finally {
     const left = await teardown();
@@ -1301,7 +1296,4 @@ async function main() {
   }
 }
 
-await main().catch((err) => {
-  process.stderr.write(`docker-overhead: ${err instanceof Error ? err.message : String(err)}\n`);
-  process.exitCode = 1;
-});
+await runBench('docker-overhead', main);

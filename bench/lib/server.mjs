@@ -22,6 +22,27 @@ const TAIL_LINES = 40;
 /** A failure that must end the run with exit 1 (a process did not start, a request failed). */
 export class BenchError extends Error {}
 
+/**
+ * Says why a bench failed on stderr: the message, the stack when the error was not expected
+ * (not a BenchError), and the last output lines of each of `procs` that printed something.
+ */
+export function reportFailure(bench, err, procs = []) {
+  process.stderr.write(`${bench}: ${err instanceof Error ? err.message : String(err)}\n`);
+  if (!(err instanceof BenchError) && err instanceof Error) process.stderr.write(`${err.stack}\n`);
+  for (const p of procs) {
+    if (p === undefined || p.tail.length === 0) continue;
+    process.stderr.write(`last ${p.name} output:\n${p.tail.slice(-15).join('\n')}\n`);
+  }
+}
+
+/** Runs a bench's `main`; an error that escapes it is printed and exits 1. */
+export async function runBench(bench, main) {
+  await main().catch((err) => {
+    process.stderr.write(`${bench}: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exitCode = 1;
+  });
+}
+
 /** A positive number (integer when asked) from a `--name` option, or a BenchError naming it. */
 export function positiveOption(name, raw, integer) {
   const n = Number(raw);

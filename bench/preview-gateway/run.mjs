@@ -43,6 +43,8 @@ import {
   requireBuild,
   startServer as startStacyvm,
   stopServer,
+  reportFailure,
+  runBench,
 } from '../lib/server.mjs';
 import { diff, fmt, ratio, round3, summarize } from '../lib/stats.mjs';
 
@@ -616,13 +618,7 @@ async function main() {
   } catch (err) {
     process.exitCode = 1;
     if (interrupted) return;
-    process.stderr.write(`preview-gateway: ${err instanceof Error ? err.message : String(err)}\n`);
-    if (!(err instanceof BenchError) && err instanceof Error) {
-      process.stderr.write(`${err.stack}\n`);
-    }
-    if (server !== undefined && server.tail.length > 0) {
-      process.stderr.write(`last server output:\n${server.tail.slice(-15).join('\n')}\n`);
-    }
+    reportFailure('preview-gateway', err, [server]);
   } finally {
     await cleanup();
     process.off('SIGINT', onSignal);
@@ -630,7 +626,4 @@ async function main() {
   }
 }
 
-await main().catch((err) => {
-  process.stderr.write(`preview-gateway: ${err instanceof Error ? err.message : String(err)}\n`);
-  process.exitCode = 1;
-});
+await runBench('preview-gateway', main);

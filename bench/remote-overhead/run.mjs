@@ -40,6 +40,8 @@ import {
   requireBuild,
   startServer,
   stopServer,
+  reportFailure,
+  runBench,
 } from '../lib/server.mjs';
 import { diff, fmt, goDurationMs, ratio, round3, summarize } from '../lib/stats.mjs';
 
@@ -1247,23 +1249,13 @@ async function main() {
   } catch (err) {
     process.exitCode = 1;
     if (!(err instanceof Interrupted)) {
-      process.stderr.write(
-        `remote-overhead: ${err instanceof Error ? err.message : String(err)}\n`,
-      );
-      if (!(err instanceof BenchError) && err instanceof Error) {
-        process.stderr.write(`${err.stack}\n`);
-      }
       // The control planes' last lines (a failed request is explained there), and the last
       // process started if that is a worker.
       const last = run.procs[run.procs.length - 1];
-      const shown = [
+      reportFailure('remote-overhead', err, [
         ...run.cps.map((cp) => cp.proc),
         ...(last?.workerId === undefined ? [] : [last]),
-      ];
-      for (const p of shown) {
-        if (p.tail.length === 0) continue;
-        process.stderr.write(`last ${p.name} output:\n${p.tail.slice(-15).join('\n')}\n`);
-      }
+      ]);
     }
   } finally {
     await teardown();
@@ -1273,7 +1265,4 @@ async function main() {
   }
 }
 
-await main().catch((err) => {
-  process.stderr.write(`remote-overhead: ${err instanceof Error ? err.message : String(err)}\n`);
-  process.exitCode = 1;
-});
+await runBench('remote-overhead', main);

@@ -44,6 +44,8 @@ import {
   requireBuild,
   startServer,
   stopServer,
+  reportFailure,
+  runBench,
 } from '../lib/server.mjs';
 import { fmt, median, ratio, round3, summarize } from '../lib/stats.mjs';
 
@@ -740,13 +742,7 @@ async function main() {
   } catch (err) {
     process.exitCode = 1;
     if (interrupted) return;
-    process.stderr.write(`store bench: ${err instanceof Error ? err.message : String(err)}\n`);
-    if (!(err instanceof BenchError) && err instanceof Error)
-      process.stderr.write(`${err.stack}\n`);
-    for (const p of live) {
-      if (p.tail.length > 0)
-        process.stderr.write(`last ${p.name} output:\n${p.tail.slice(-15).join('\n')}\n`);
-    }
+    reportFailure('store bench', err, [...live]);
   } finally {
     await cleanup();
     process.off('SIGINT', onSignal);
@@ -754,7 +750,4 @@ async function main() {
   }
 }
 
-await main().catch((err) => {
-  process.stderr.write(`store bench: ${err instanceof Error ? err.message : String(err)}\n`);
-  process.exitCode = 1;
-});
+await runBench('store bench', main);
