@@ -137,9 +137,12 @@ export async function buildProviders(
   const providers: Provider[] = [];
   if (config.providers.mock.enabled) {
     providers.push(
-      new MockProvider(
-        config.providers.mock.base_dir === '' ? {} : { baseDir: config.providers.mock.base_dir },
-      ),
+      new MockProvider({
+        ...(config.providers.mock.base_dir === ''
+          ? {}
+          : { baseDir: config.providers.mock.base_dir }),
+        spawnHelper: config.providers.mock.spawn_helper,
+      }),
     );
   }
   const wanted = config.providers.default;

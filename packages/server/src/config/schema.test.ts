@@ -40,7 +40,7 @@ describe('config schema', () => {
       },
       providers: {
         default: 'auto',
-        mock: { enabled: true, base_dir: '' },
+        mock: { enabled: true, base_dir: '', spawn_helper: true },
         docker: {
           enabled: true,
           socket: '',

@@ -164,6 +164,10 @@ const MockProvider = Type.Object(
       '',
       'Directory holding mock sandbox roots. Empty means `stacyvm-mock` under the OS temporary directory.',
     ),
+    spawn_helper: bool(
+      true,
+      "Start sandbox commands from a small helper process instead of forking the server itself, which costs more the larger the server's heap. Turn off only to debug the helper.",
+    ),
   },
   { description: 'The mock provider (host execution, no isolation).' },
 );

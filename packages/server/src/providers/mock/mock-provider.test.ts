@@ -12,14 +12,22 @@ import { describeProviderContract, expectStacyError, readAll, spec } from '../pr
 import { providerCapabilities } from '../provider.js';
 import { MockProvider } from './mock-provider.js';
 
-describeProviderContract('mock', async () => {
-  const baseDir = await mkdtemp(join(tmpdir(), 'stacyvm-mock-contract-'));
-  return {
-    provider: new MockProvider({ baseDir }),
-    image: 'ignored',
-    cleanup: () => rm(baseDir, { recursive: true, force: true }),
-  };
-});
+// Commands start from the spawn helper by default; the in-process launcher
+// (providers.mock.spawn_helper: false) must keep the same contract.
+for (const spawnHelper of [true, false]) {
+  describeProviderContract(spawnHelper ? 'mock' : 'mock (in-process spawn)', async () => {
+    const baseDir = await mkdtemp(join(tmpdir(), 'stacyvm-mock-contract-'));
+    const provider = new MockProvider({ baseDir, spawnHelper });
+    return {
+      provider,
+      image: 'ignored',
+      cleanup: async () => {
+        await provider.close();
+        await rm(baseDir, { recursive: true, force: true });
+      },
+    };
+  });
+}
 
 describe('MockProvider', () => {
   let work: string;
@@ -69,7 +77,11 @@ describe('MockProvider', () => {
       expect(existsSync(dir)).toBe(false);
       await p.init();
       expect((await lstat(dir)).isDirectory()).toBe(true);
-      expect(p.describe()).toEqual({ type: 'mock', base_dir: dir });
+      expect(p.describe()).toEqual({ type: 'mock', base_dir: dir, spawn: 'helper' });
+      expect(new MockProvider({ baseDir: dir, spawnHelper: false }).describe()).toMatchObject({
+        spawn: 'in-process',
+      });
+      await p.close();
     });
 
     it('reports healthy when the base directory is writable and unhealthy when it is not', async () => {

@@ -1,5 +1,3 @@
-import { spawn as spawnChild } from 'node:child_process';
-import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { appendFileSync, constants as fsConstants, lstatSync } from 'node:fs';
 import type { Stats } from 'node:fs';
@@ -43,6 +41,9 @@ import type {
 } from '../provider.js';
 import { confinePath, errnoCode, fsError, isWithin } from '../sandbox-fs.js';
 import { collectExecOutcome } from '../collect-exec.js';
+import { inProcessLauncher } from './process-launcher.js';
+import type { LaunchEvents, LaunchedProcess, ProcessLauncher } from './process-launcher.js';
+import { SpawnHelperLauncher } from './spawn-helper.js';
 
 /** Options of {@link MockProvider}; every field has a default. */
 export interface MockProviderOptions {
@@ -54,6 +55,11 @@ export interface MockProviderOptions {
   maxGlobEntries?: number;
   /** Stamps console log lines. Default the system clock. */
   clock?: Clock;
+  /**
+   * Start commands from a small helper process instead of forking the server
+   * (see `SpawnHelperLauncher`). Default true.
+   */
+  spawnHelper?: boolean;
 }
 
 const DEFAULT_MAX_OUTPUT_BYTES = 16 * 1024 * 1024;
@@ -202,6 +208,7 @@ export class MockProvider implements Provider {
   private readonly maxOutputBytes: number;
   private readonly maxGlobEntries: number;
   private readonly clock: Clock;
+  private readonly launcher: ProcessLauncher;
   /** Process groups started per sandbox that may still have members. */
   private readonly groups = new Map<string, Set<number>>();
   /**
@@ -218,11 +225,13 @@ export class MockProvider implements Provider {
     this.maxOutputBytes = options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT_BYTES;
     this.maxGlobEntries = options.maxGlobEntries ?? DEFAULT_MAX_GLOB_ENTRIES;
     this.clock = options.clock ?? systemClock;
+    this.launcher = options.spawnHelper === false ? inProcessLauncher() : new SpawnHelperLauncher();
   }
 
   /** Creates `baseDir` (mode 0700: other host users must not read sandboxes). */
   async init(): Promise<void> {
     await this.ensureBaseDir();
+    this.launcher.warm();
     // Trees left by destroys that a previous process did not finish deleting.
     const entries = await readdir(this.baseDir).catch(() => [] as string[]);
     await Promise.all(
@@ -250,7 +259,7 @@ export class MockProvider implements Provider {
   }
 
   describe(): Record<string, unknown> {
-    return { type: 'mock', base_dir: this.baseDir };
+    return { type: 'mock', base_dir: this.baseDir, spawn: this.launcher.kind };
   }
 
   async spawn(opts: SpawnOptions): Promise<SpawnResult> {
@@ -680,12 +689,12 @@ export class MockProvider implements Provider {
     }
   }
 
-  /** Kills every command still running; sandboxes stay on disk. */
-  close(): Promise<void> {
+  /** Kills every command still running and stops the spawn helper; sandboxes stay on disk. */
+  async close(): Promise<void> {
     for (const set of this.groups.values()) for (const pgid of set) killGroup(pgid);
     this.groups.clear();
     for (const id of [...this.logQueue.keys()]) this.flushLog(id);
-    return Promise.resolve();
+    await this.launcher.close();
   }
 
   private async ensureBaseDir(): Promise<void> {
@@ -848,22 +857,6 @@ export class MockProvider implements Provider {
     if (signal?.aborted === true) throw abortError(signal);
     const started = performance.now();
     const [command, ...args] = p.argv;
-    let child: ChildProcess;
-    try {
-      child = spawnChild(command, args, {
-        cwd: p.cwd,
-        env: p.env,
-        detached: true,
-        stdio: ['ignore', 'pipe', 'pipe'],
-      });
-    } catch (err) {
-      // Synchronous spawn failures are argument problems (validated above) or resource exhaustion.
-      throw new StacyError('INTERNAL_ERROR', `could not start ${command}`, { cause: err });
-    }
-    const stdout = child.stdout as Readable;
-    const stderr = child.stderr as Readable;
-    const pgid = child.pid;
-    if (pgid !== undefined) this.track(p.sandboxId, pgid);
 
     const queue: ExecEvent[] = [];
     let queuedBytes = 0;
@@ -873,66 +866,75 @@ export class MockProvider implements Provider {
     let exit:
       { code: number | null; signal: NodeJS.Signals | null; durationMs: number } | undefined;
     let spawnError: Error | undefined;
+    let launcherError: StacyError | undefined;
     let timedOut = false;
     let aborted = false;
     let finished = false;
     let graceTimer: NodeJS.Timeout | undefined;
     let deadline: NodeJS.Timeout | undefined;
     let wake: (() => void) | undefined;
+    let pgid: number | undefined;
+    let killWanted = false;
+    let proc: LaunchedProcess | undefined;
     const notify = (): void => {
       const w = wake;
       wake = undefined;
       w?.();
     };
+    // A kill asked for before the pid is known lands as soon as it is.
     const kill = (): void => {
+      killWanted = true;
       if (pgid !== undefined) killGroup(pgid);
     };
 
-    const onData = (type: 'stdout' | 'stderr') => (chunk: Buffer) => {
-      queue.push({ type, data: chunk });
-      queuedBytes += chunk.byteLength;
-      readSinceTick += chunk.byteLength;
-      if (!paused && queuedBytes >= HIGH_WATER_BYTES) {
-        paused = true;
-        stdout.pause();
-        stderr.pause();
-      }
-      notify();
+    const events: LaunchEvents = {
+      onSpawn: (pid) => {
+        pgid = pid;
+        this.track(p.sandboxId, pid);
+        if (killWanted) killGroup(pid);
+      },
+      onData: (type, chunk) => {
+        queue.push({ type, data: chunk });
+        queuedBytes += chunk.byteLength;
+        readSinceTick += chunk.byteLength;
+        if (!paused && queuedBytes >= HIGH_WATER_BYTES) {
+          paused = true;
+          proc?.pause();
+        }
+        notify();
+      },
+      onStreamClose: () => {
+        openPipes--;
+        notify();
+      },
+      onError: (err) => {
+        if (err instanceof StacyError) launcherError = err;
+        else spawnError = err;
+        notify();
+      },
+      onExit: (code, sig) => {
+        exit = { code, signal: sig, durationMs: performance.now() - started };
+        if (deadline !== undefined) clearTimeout(deadline);
+        // Looked at after this turn (the exec's answer goes out first): the
+        // probe costs an exception whenever the group is gone, the usual case,
+        // and until then destroy() merely signals a group that may be gone.
+        const group = pgid;
+        if (group !== undefined) setImmediate(() => this.untrackIfGone(p.sandboxId, group));
+        if (openPipes > 0) {
+          graceTimer = setInterval(() => {
+            if (readSinceTick === 0 && queue.length === 0 && !paused) proc?.closePipes();
+            readSinceTick = 0;
+          }, PIPE_GRACE_MS);
+        }
+        notify();
+      },
     };
-    const onClose = (): void => {
-      openPipes--;
-      notify();
-    };
-    stdout.on('data', onData('stdout'));
-    stderr.on('data', onData('stderr'));
-    stdout.once('close', onClose);
-    stderr.once('close', onClose);
-    // A destroyed pipe may emit an error; the exec result already says what happened.
-    stdout.on('error', () => undefined);
-    stderr.on('error', () => undefined);
-
-    child.once('error', (err) => {
-      if (child.pid === undefined) spawnError = err;
-      notify();
-    });
-    child.once('exit', (code, sig) => {
-      exit = { code, signal: sig, durationMs: performance.now() - started };
-      if (deadline !== undefined) clearTimeout(deadline);
-      // Looked at after this turn (the exec's answer goes out first): the
-      // probe costs an exception whenever the group is gone, the usual case,
-      // and until then destroy() merely signals a group that may be gone.
-      if (pgid !== undefined) setImmediate(() => this.untrackIfGone(p.sandboxId, pgid));
-      if (openPipes > 0) {
-        graceTimer = setInterval(() => {
-          if (readSinceTick === 0 && queue.length === 0 && !paused) {
-            stdout.destroy();
-            stderr.destroy();
-          }
-          readSinceTick = 0;
-        }, PIPE_GRACE_MS);
-      }
-      notify();
-    });
+    try {
+      proc = this.launcher.launch({ file: command, args, cwd: p.cwd, env: p.env }, events);
+    } catch (err) {
+      // Synchronous spawn failures are argument problems (validated above) or resource exhaustion.
+      throw new StacyError('INTERNAL_ERROR', `could not start ${command}`, { cause: err });
+    }
 
     if (p.timeoutMs > 0) {
       deadline = setTimeout(
@@ -957,13 +959,13 @@ export class MockProvider implements Provider {
           if (ev.type !== 'exit') queuedBytes -= ev.data.byteLength;
           if (paused && queuedBytes <= LOW_WATER_BYTES) {
             paused = false;
-            stdout.resume();
-            stderr.resume();
+            proc.resume();
           }
           yield ev;
           continue;
         }
         if (aborted && signal !== undefined) throw abortError(signal);
+        if (launcherError !== undefined) throw launcherError;
         if (spawnError !== undefined) {
           finished = true;
           const code = errnoCode(spawnError);
@@ -1001,8 +1003,7 @@ export class MockProvider implements Provider {
         kill();
         this.tryLog(p.sandboxId, `exec ${command} cancelled`);
       }
-      stdout.destroy();
-      stderr.destroy();
+      proc.closePipes();
     }
   }
 }
