@@ -778,7 +778,15 @@ export class MockProvider implements Provider {
     opts: CallOptions | undefined,
   ): Promise<PreparedExec> {
     throwIfAborted(opts);
-    const root = await this.rootOf(runtimeId);
+    const workdir = spec.workdir === '' ? '/workspace' : spec.workdir;
+    // The default workdir costs no filesystem call once the base is known: a
+    // missing root makes the spawn fail on its working directory, and runExec
+    // then says NOT_FOUND. An explicit workdir is confined
+    // against the checked root.
+    const root =
+      workdir === '/workspace' && this.realBase !== undefined
+        ? join(this.realBase, this.checkId(runtimeId))
+        : await this.rootOf(runtimeId);
     if (!Number.isInteger(spec.timeoutMs) || spec.timeoutMs < 0) {
       throw invalidField('timeout', 'must be a non-negative whole number of milliseconds');
     }
@@ -796,7 +804,6 @@ export class MockProvider implements Provider {
         );
       }
     }
-    const workdir = spec.workdir === '' ? '/workspace' : spec.workdir;
     // The default workdir skips the confinement walk: it is created by spawn,
     // and a host command could leave it anyway (the mock has no isolation).
     // An explicit workdir gets the full check and a clear message.
@@ -972,8 +979,10 @@ export class MockProvider implements Provider {
           // As a shell reports them: 127 command not found, 126 not executable.
           const exitCode = code === 'ENOENT' ? 127 : 126;
           const durationMs = performance.now() - started;
-          this.tryLog(p.sandboxId, `exec ${command} could not start (exit=${exitCode})`);
           const cwdGone = code === 'ENOENT' && !(await isDirectory(p.cwd));
+          // The sandbox itself is gone (prepareExec did not look): NOT_FOUND.
+          if (cwdGone) await this.rootOf(p.sandboxId);
+          this.tryLog(p.sandboxId, `exec ${command} could not start (exit=${exitCode})`);
           const why = cwdGone ? 'working directory does not exist' : spawnError.message;
           yield { type: 'stderr', data: Buffer.from(`${command}: ${why}\n`) };
           yield { type: 'exit', exitCode, timedOut: false, durationMs };
