@@ -332,32 +332,24 @@ describe('MockProvider', () => {
     });
 
     it('says NOT_FOUND once the sandbox directory is gone, and writes nothing for it', async () => {
-      const id = newSandboxId();
-      await provider.spawn({
-        sandboxId: id,
-        image: 'ignored',
-        memoryMb: 64,
-        vcpus: 1,
-        metadata: {},
-        ports: [],
+      await withSandbox(async (id, root) => {
+        expect((await provider.exec(id, spec('true'))).exitCode).toBe(0);
+        await provider.logs(id, 100); // writes the queued console lines
+        const log = join(baseDir, `${id}.console.log`);
+        const before = readFileSync(log, 'utf8');
+        // Removed behind the provider's back: the exec path does not stat the
+        // root first, so the failed spawn is what finds out.
+        await rm(root, { recursive: true, force: true });
+        for (const s of [spec('true'), spec('true', { mode: 'argv' })]) {
+          await expectStacyError(provider.exec(id, s), 'NOT_FOUND');
+          const drain = async (): Promise<void> => {
+            for await (const ev of provider.execStream(id, s)) expect(ev).toBeUndefined();
+          };
+          await expectStacyError(drain(), 'NOT_FOUND');
+        }
+        await sleep(20);
+        expect(readFileSync(log, 'utf8')).toBe(before);
       });
-      expect((await provider.exec(id, spec('true'))).exitCode).toBe(0);
-      await provider.logs(id, 100); // writes the queued console lines
-      const log = join(baseDir, `${id}.console.log`);
-      const before = readFileSync(log, 'utf8');
-      // Removed behind the provider's back: the exec path does not stat the
-      // root first, so the failed spawn is what finds out.
-      await rm(join(baseDir, id), { recursive: true, force: true });
-      for (const s of [spec('true'), spec('true', { mode: 'argv' })]) {
-        await expectStacyError(provider.exec(id, s), 'NOT_FOUND');
-        const drain = async (): Promise<void> => {
-          for await (const ev of provider.execStream(id, s)) expect(ev).toBeUndefined();
-        };
-        await expectStacyError(drain(), 'NOT_FOUND');
-      }
-      await sleep(20);
-      expect(readFileSync(log, 'utf8')).toBe(before);
-      await provider.destroy(id);
     });
 
     it('refuses a workdir that does not exist and an empty argv command', async () => {
