@@ -504,6 +504,23 @@ describe('MockProvider', () => {
       });
     });
 
+    it('kills a command aborted while its start is still on the way (before its pid is known)', async () => {
+      await withSandbox(async (id, root) => {
+        for (const wait of [0, 1, 2, 5]) {
+          const ac = new AbortController();
+          const run = provider.exec(id, spec(`sleep 2; echo ${wait} >> late.txt`), {
+            signal: ac.signal,
+          });
+          // Lets the start be sent (the helper answers with the pid later).
+          for (let i = 0; i < wait; i++) await new Promise((r) => setImmediate(r));
+          ac.abort();
+          await expectStacyError(run, 'TIMEOUT', /cancelled/);
+        }
+        await sleep(2500);
+        expect(existsSync(join(root, 'workspace', 'late.txt'))).toBe(false);
+      });
+    });
+
     it('rejects an aborted sync exec promptly with the signal reason', async () => {
       await withSandbox(async (id) => {
         const reason = new StacyError('UNAVAILABLE', 'worker going away');

@@ -939,7 +939,9 @@ export class MockProvider implements Provider {
     try {
       proc = this.launcher.launch({ file: command, args, cwd: p.cwd, env: p.env }, events);
     } catch (err) {
-      // Synchronous spawn failures are argument problems (validated above) or resource exhaustion.
+      // The launcher's own failures say what they are; other synchronous spawn
+      // failures are argument problems (validated above) or resource exhaustion.
+      if (err instanceof StacyError) throw err;
       throw new StacyError('INTERNAL_ERROR', `could not start ${command}`, { cause: err });
     }
 

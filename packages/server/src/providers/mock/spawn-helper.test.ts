@@ -13,6 +13,8 @@ function spec(script: string, extra: Partial<LaunchSpec> = {}): LaunchSpec {
 
 interface Run {
   pid: Promise<number>;
+  /** The exit event itself (done waits for the pipes too). */
+  exited: Promise<void>;
   stdout: Buffer[];
   stderr: Buffer[];
   closed: string[];
@@ -24,8 +26,10 @@ interface Run {
 function run(launcher: SpawnHelperLauncher, s: LaunchSpec): Run {
   let onPid!: (pid: number) => void;
   let onDone!: (v: { code: number | null; signal: string | null } | Error) => void;
+  let onExited!: () => void;
   const out: Omit<Run, 'control'> = {
     pid: new Promise((r) => (onPid = r)),
+    exited: new Promise((r) => (onExited = r)),
     stdout: [],
     stderr: [],
     closed: [],
@@ -37,13 +41,14 @@ function run(launcher: SpawnHelperLauncher, s: LaunchSpec): Run {
   };
   const events: LaunchEvents = {
     onSpawn: onPid,
-    onData: (stream, chunk) => out[stream].push(Buffer.from(chunk)),
+    onData: (stream, chunk) => out[stream].push(chunk),
     onStreamClose: (stream) => {
       out.closed.push(stream);
       settle();
     },
     onExit: (code, signal) => {
       exit = { code, signal };
+      onExited();
       settle();
     },
     onError: (err) => onDone(err),
@@ -91,6 +96,25 @@ describe('SpawnHelperLauncher', () => {
     expect(Buffer.concat(r.stderr).toString()).toBe('oops\n');
     expect(r.closed.sort()).toEqual(['stderr', 'stdout']);
     expect(pid).toBeGreaterThan(0);
+    // Each chunk owns its memory: a view into the socket read would pin
+    // whatever else that read carried.
+    for (const chunk of [...r.stdout, ...r.stderr]) {
+      expect(chunk.buffer.byteLength).toBe(chunk.byteLength);
+    }
+  });
+
+  it('runs each command as the leader of a process group of its own, away from the helper', async () => {
+    const l = make();
+    const r = run(l, spec('cut -d" " -f5 /proc/$$/stat'));
+    const pid = await r.pid;
+    await r.done;
+    expect(Number(Buffer.concat(r.stdout).toString())).toBe(pid);
+    // The helper is in a group of its own too: a Ctrl-C sent to the server's
+    // group (which then drains its execs) must not kill it.
+    const group = (p: number): string =>
+      readFileSync(`/proc/${p}/stat`, 'utf8').split(') ')[1]!.split(' ')[2]!;
+    expect(group(l.helperPid!)).toBe(String(l.helperPid));
+    expect(group(l.helperPid!)).not.toBe(group(process.pid));
   });
 
   it('reports the signal that ended a command, and keeps many commands apart', async () => {
@@ -118,6 +142,24 @@ describe('SpawnHelperLauncher', () => {
     expect((badCwd as NodeJS.ErrnoException).code).toBe('ENOENT');
     // The helper is still there for the next command.
     expect(await run(l, spec('exit 0')).done).toEqual({ code: 0, signal: null });
+  });
+
+  it('reports a command the kernel refuses to run (an argument over ARG_MAX) as INTERNAL_ERROR', async () => {
+    const l = make();
+    const res = await run(l, spec('true', { args: ['-c', 'true', 'x'.repeat(200_000)] })).done;
+    expect(res).toBeInstanceOf(StacyError);
+    expect((res as StacyError).code).toBe('INTERNAL_ERROR');
+    expect((res as Error).message).toMatch(/could not start: .*E2BIG/);
+    expect(await run(l, spec('exit 4')).done).toEqual({ code: 4, signal: null });
+  });
+
+  it('says which Node it could not run, and warm() leaves that to the launch', async () => {
+    const l = new SpawnHelperLauncher({ nodePath: '/nonexistent/node' });
+    launchers.push(l);
+    l.warm();
+    const res = await run(l, spec('true')).done;
+    expect(res).toBeInstanceOf(StacyError);
+    expect((res as Error).message).toMatch(/could not run \/nonexistent\/node: .*ENOENT/);
   });
 
   it('pauses and resumes a command, and closes pipes a background process holds', async () => {
@@ -182,6 +224,17 @@ describe('SpawnHelperLauncher', () => {
     expect(l.helperPid).not.toBe(first);
   });
 
+  it('ends a command that had exited normally when the helper dies while a background process holds its pipes', async () => {
+    const l = make();
+    const r = run(l, spec('sleep 30 & exit 3'));
+    const group = await r.pid;
+    await r.exited;
+    expect(r.closed).toEqual([]); // the background sleep holds both pipes
+    process.kill(l.helperPid!, 'SIGKILL');
+    expect(await r.done).toEqual({ code: 3, signal: null });
+    process.kill(-group, 'SIGKILL');
+  });
+
   it('kills what it still runs and exits when the control plane goes away', async () => {
     const l = make();
     const r = run(l, spec('sleep 30'));
@@ -230,6 +283,17 @@ describe('spawn helper frames', () => {
       [13, 1, ''],
       [15, 4294967295, '{"code":0}'],
     ]);
+  });
+
+  it('decodes a large frame that arrives in many chunks', () => {
+    const got: Buffer[] = [];
+    const read = frameReader(8 * 1024 * 1024, (_t, _i, payload) => got.push(Buffer.from(payload)));
+    const body = Buffer.alloc(4 * 1024 * 1024, 7);
+    const stream = Buffer.concat([encodeFrame(11, 9, body), encodeFrame(13, 9)]);
+    for (let i = 0; i < stream.length; i += 4096) read(stream.subarray(i, i + 4096));
+    expect(got.length).toBe(2);
+    expect(got[0]!.equals(body)).toBe(true);
+    expect(got[1]!.length).toBe(0);
   });
 
   it('refuses a frame longer than the limit', () => {

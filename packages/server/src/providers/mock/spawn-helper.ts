@@ -53,27 +53,47 @@ export function encodeFrame(type: number, id: number, payload?: Buffer): Buffer 
 
 /**
  * A decoder for a stream of frames: feed it chunks as they arrive, it calls
- * `onFrame` for each whole frame. It throws on a frame longer than
- * `maxFrame`. Self-contained: the helper runs it from its source text.
+ * `onFrame` for each whole frame. Chunks are joined once a frame is complete,
+ * so a large frame costs its size, not its size times its chunk count. It
+ * throws on a frame longer than `maxFrame`. Payloads are views into the
+ * joined chunks. Self-contained: the helper runs it from its source text.
  */
 export function frameReader(
   maxFrame: number,
   onFrame: (type: number, id: number, payload: Buffer) => void,
 ): (chunk: Buffer) => void {
-  let buf: Buffer = Buffer.alloc(0);
+  let chunks: Buffer[] = [];
+  let have = 0;
+  /** Bytes the pending data must reach before anything can be decoded. */
+  let need = 9;
   return (chunk) => {
-    buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
+    chunks.push(chunk);
+    have += chunk.length;
+    if (have < need) return;
+    const buf = chunks.length === 1 ? chunk : Buffer.concat(chunks, have);
+    chunks = [];
+    have = 0;
     let off = 0;
-    while (buf.length - off >= 9) {
+    for (;;) {
+      if (buf.length - off < 9) {
+        need = 9;
+        break;
+      }
       const len = buf.readUInt32LE(off);
       if (len > maxFrame) throw new Error(`a frame of ${len} bytes is over the limit`);
-      if (buf.length - off < 9 + len) break;
+      if (buf.length - off < 9 + len) {
+        need = 9 + len;
+        break;
+      }
       const type = buf[off + 4] ?? 0;
       const id = buf.readUInt32LE(off + 5);
       off += 9 + len;
       onFrame(type, id, buf.subarray(off - len, off));
     }
-    buf = off === buf.length ? Buffer.alloc(0) : buf.subarray(off);
+    if (off < buf.length) {
+      chunks = [buf.subarray(off)];
+      have = buf.length - off;
+    }
   };
 }
 
@@ -173,10 +193,7 @@ function helperMain(
     }
   };
 
-  // A broken stream throws here, and the helper dies: the control plane then
-  // fails what it ran and starts another.
-  sock.on('data', reader(maxFrame, handle));
-  const shutdown = (): void => {
+  const killAll = (): void => {
     for (const l of live.values()) {
       if (l.pid === undefined) continue;
       try {
@@ -185,6 +202,18 @@ function helperMain(
         // already gone
       }
     }
+  };
+  // Whatever goes wrong in here (a broken stream throws in the reader), the
+  // commands it runs die with it; the control plane then fails them, shows
+  // this on its error, and starts another helper.
+  process.on('uncaughtException', (err) => {
+    killAll();
+    process.stderr.write(`${err.stack ?? String(err)}\n`);
+    process.exit(70);
+  });
+  sock.on('data', reader(maxFrame, handle));
+  const shutdown = (): void => {
+    killAll();
     process.exit(0);
   };
   sock.on('end', shutdown);
@@ -192,7 +221,14 @@ function helperMain(
   sock.on('error', shutdown);
 }
 
-/** The helper's program text, fed to `node -` on stdin (never on argv). */
+/**
+ * The helper's program text, fed to `node -` on stdin (never on argv). The
+ * functions it is made of must not use anything from this module's scope;
+ * the helper tests run it as built by tsc and as transformed by vitest. A
+ * transform that injects references (istanbul counters, esbuild keepNames)
+ * would break it: the helper would die at start with a ReferenceError, which
+ * every failed exec then quotes.
+ */
 function helperProgram(): string {
   return (
     `'use strict';\n(${helperMain.toString()})(require, ${spawnRelay.toString()}, ` +
@@ -203,10 +239,13 @@ function helperProgram(): string {
 
 interface Pending {
   events: LaunchEvents;
-  /** Set once the command ran or failed to; the entry goes when exit and both closes arrived. */
+  /** Pipes not reported closed yet; the entry goes once they are and the exit came. */
   pipes: number;
   exited: boolean;
 }
+
+/** How long `close()` waits for the helper to exit before killing it. */
+const CLOSE_TIMEOUT_MS = 5000;
 
 /** One running helper process and its socket. */
 class HelperConnection {
@@ -218,25 +257,41 @@ class HelperConnection {
     this.dispatch(type, id, payload),
   );
   private stderrTail = '';
+  /** No new launches: the helper failed, exited or is being closed. */
   private dead = false;
+  /** Set once the helper is gone and every pending command has been told. */
+  private finished = false;
+  private readonly done: Promise<void>;
+  private markDone!: () => void;
+  /** A protocol problem found here, reported in place of the exit status. */
+  private problem: string | undefined;
+  private closing = false;
   /** New handles are referenced; the constructor unreferences them until a launch. */
   private referenced = true;
 
-  constructor(private readonly onDead: (conn: HelperConnection) => void) {
-    this.child = spawn(process.execPath, ['-'], {
+  constructor(
+    nodePath: string,
+    private readonly onDead: (conn: HelperConnection) => void,
+  ) {
+    this.done = new Promise((resolve) => (this.markDone = resolve));
+    this.child = spawn(nodePath, ['-'], {
       // Nothing of the control plane's environment (it holds secrets): every
       // command gets its own explicit environment anyway.
       env: {},
       stdio: ['pipe', 'ignore', 'pipe', 'pipe'],
+      // Its own process group: a Ctrl-C meant for the server (which then
+      // drains its in-flight execs) does not kill the helper under them.
+      detached: true,
     });
-    const sock = this.child.stdio[3];
-    if (
-      this.child.stdin === null ||
-      this.child.stderr === null ||
-      sock === null ||
-      sock === undefined
-    ) {
-      throw new StacyError('INTERNAL_ERROR', 'the spawn helper has no pipes');
+    // Attached at once: a spawn that fails (ENOENT, EMFILE) reports it here.
+    this.child.once('error', (err) => this.finish(`could not run ${nodePath}: ${err.message}`));
+    const sock = this.child.stdio?.[3];
+    if (this.child.stdin === null || this.child.stderr === null || sock == null) {
+      this.dead = true;
+      throw new StacyError(
+        'INTERNAL_ERROR',
+        `could not start the mock provider's spawn helper (${nodePath}): no pipes`,
+      );
     }
     this.sock = sock as Socket;
     this.child.stdin.on('error', () => undefined);
@@ -247,19 +302,13 @@ class HelperConnection {
     });
     this.sock.on('data', (chunk: Buffer) => this.onData(chunk));
     this.sock.on('error', () => undefined);
-    // The socket closes when the helper dies; its exit status is the better
-    // message, so the failure waits for the exit (forced if need be).
-    this.sock.on('close', () => {
-      if (this.child.exitCode === null && this.child.signalCode === null) {
-        this.child.kill('SIGKILL');
-      }
+    // 'close' comes once the helper exited and fd 3 and its stderr were read
+    // to the end: every frame it wrote (a command's pid above all) has been
+    // handled, and the error can quote its last words.
+    this.child.once('close', (code, signal) => {
+      const status = signal === null ? `it exited with code ${code}` : `it was killed by ${signal}`;
+      this.finish(this.problem ?? status);
     });
-    this.child.once('error', (err) =>
-      this.fail(`could not run ${process.execPath}: ${err.message}`),
-    );
-    this.child.once('exit', (code, signal) =>
-      this.fail(signal === null ? `it exited with code ${code}` : `it was killed by ${signal}`),
-    );
     this.setReferenced(false);
   }
 
@@ -268,6 +317,9 @@ class HelperConnection {
   }
 
   launch(spec: LaunchSpec, events: LaunchEvents): LaunchedProcess {
+    if (this.dead) {
+      throw new StacyError('INTERNAL_ERROR', "the mock provider's spawn helper is gone");
+    }
     const id = this.nextId;
     this.nextId = this.nextId >= 0xffffffff ? 1 : this.nextId + 1;
     this.pending.set(id, { events, pipes: 2, exited: false });
@@ -280,24 +332,31 @@ class HelperConnection {
     };
   }
 
-  /** Ends the helper: it kills whatever it still runs, then exits. */
+  /**
+   * Ends the helper: it kills whatever it still runs, then exits. Killed if
+   * it has not exited within {@link CLOSE_TIMEOUT_MS}.
+   */
   close(): Promise<void> {
-    if (this.dead) return Promise.resolve();
-    return new Promise((resolve) => {
-      this.child.once('exit', () => resolve());
+    if (!this.finished && !this.closing) {
+      this.closing = true;
+      this.dead = true;
+      this.onDead(this);
       // Held until the helper is gone: an idle helper is unreferenced, and a
       // shutdown must not end the process while it waits for this.
       this.setReferenced(true);
       this.sock.end();
-    });
+      const timer = setTimeout(() => this.child.kill('SIGKILL'), CLOSE_TIMEOUT_MS);
+      void this.done.then(() => clearTimeout(timer));
+    }
+    return this.done;
   }
 
   private write(type: number, id: number, payload?: Buffer): void {
-    if (this.dead || !this.pending.has(id)) return;
+    if (this.finished || !this.pending.has(id)) return;
     this.sock.write(encodeFrame(type, id, payload));
   }
 
-  /** While an exec is pending the helper keeps the process alive; idle, it does not. */
+  /** While an exec is pending or a close waits, the helper keeps the process alive. */
   private setReferenced(on: boolean): void {
     if (on === this.referenced) return;
     this.referenced = on;
@@ -312,13 +371,21 @@ class HelperConnection {
     try {
       this.read(chunk);
     } catch (err) {
-      this.fail((err as Error).message);
+      this.broken((err as Error).message);
     }
+  }
+
+  /** The helper breaks the protocol: it is killed, and 'close' reports this. */
+  private broken(why: string): void {
+    this.problem ??= why;
+    this.dead = true;
+    this.onDead(this);
+    this.child.kill('SIGKILL');
   }
 
   private dispatch(type: number, id: number, payload: Buffer): void {
     const p = this.pending.get(id);
-    if (p === undefined) return;
+    if (p === undefined || this.problem !== undefined) return;
     switch (type) {
       case FRAME.spawned: {
         const { pid } = JSON.parse(payload.toString('utf8')) as { pid: number };
@@ -326,11 +393,14 @@ class HelperConnection {
         return;
       }
       case FRAME.stdout:
-        p.events.onData('stdout', payload);
+      case FRAME.stderr: {
+        // A copy: the payload is a view into a read that may hold other
+        // commands' output, which a kept chunk would otherwise pin.
+        const chunk = Buffer.allocUnsafeSlow(payload.length);
+        payload.copy(chunk);
+        p.events.onData(type === FRAME.stdout ? 'stdout' : 'stderr', chunk);
         return;
-      case FRAME.stderr:
-        p.events.onData('stderr', payload);
-        return;
+      }
       case FRAME.stdoutClosed:
       case FRAME.stderrClosed:
         p.pipes--;
@@ -362,7 +432,7 @@ class HelperConnection {
         return;
       }
       default:
-        this.fail(`it sent an unknown frame type ${type}`);
+        this.broken(`it sent an unknown frame type ${type}`);
     }
   }
 
@@ -372,23 +442,38 @@ class HelperConnection {
 
   private forget(id: number): void {
     this.pending.delete(id);
-    if (this.pending.size === 0) this.setReferenced(false);
+    if (this.pending.size === 0 && !this.closing) this.setReferenced(false);
   }
 
-  /** The helper is gone: every command in flight fails, and the next launch starts a new one. */
-  private fail(why: string): void {
-    if (this.dead) return;
+  /**
+   * The helper is gone. A command that had exited (only a background process
+   * held its pipes) ends normally; every other one fails, and the caller
+   * kills its group. The next launch starts a new helper.
+   */
+  private finish(why: string): void {
+    if (this.finished) return;
+    this.finished = true;
     this.dead = true;
     this.onDead(this);
-    this.sock.destroy();
-    // Whatever state it is in, it is not used again.
-    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill('SIGKILL');
+    this.sock?.destroy();
     const tail = this.stderrTail.trim();
-    const message = `the mock provider's spawn helper failed: ${why}${tail === '' ? '' : ` (${tail})`}`;
+    const message = this.closing
+      ? "the mock provider's spawn helper was stopped (the provider is closing)"
+      : `the mock provider's spawn helper failed: ${why}${tail === '' ? '' : ` (${tail})`}`;
     const pending = [...this.pending.values()];
     this.pending.clear();
+    this.closing = false;
     this.setReferenced(false);
-    for (const p of pending) p.events.onError(new StacyError('INTERNAL_ERROR', message));
+    for (const p of pending) {
+      if (p.exited) {
+        for (; p.pipes > 0; p.pipes--) {
+          p.events.onStreamClose(p.pipes === 2 ? 'stdout' : 'stderr');
+        }
+      } else {
+        p.events.onError(new StacyError('INTERNAL_ERROR', message));
+      }
+    }
+    this.markDone();
   }
 }
 
@@ -405,13 +490,24 @@ class HelperConnection {
 export class SpawnHelperLauncher implements ProcessLauncher {
   readonly kind = 'helper';
   private conn: HelperConnection | undefined;
+  private readonly nodePath: string;
+
+  /** `nodePath`: the Node binary the helper runs on (default: this process's). */
+  constructor(options: { nodePath?: string } = {}) {
+    this.nodePath = options.nodePath ?? process.execPath;
+  }
 
   launch(spec: LaunchSpec, events: LaunchEvents): LaunchedProcess {
     return this.connection().launch(spec, events);
   }
 
+  /** Starts the helper ahead of the first launch; a failure here is the next launch's to report. */
   warm(): void {
-    this.connection();
+    try {
+      this.connection();
+    } catch {
+      // Reported by the launch that tries again.
+    }
   }
 
   /** The helper's pid while one runs (tests). */
@@ -426,7 +522,7 @@ export class SpawnHelperLauncher implements ProcessLauncher {
   }
 
   private connection(): HelperConnection {
-    this.conn ??= new HelperConnection((dead) => {
+    this.conn ??= new HelperConnection(this.nodePath, (dead) => {
       if (this.conn === dead) this.conn = undefined;
     });
     return this.conn;
