@@ -74,7 +74,7 @@ function usage() {
   return `usage: node bench/remote-overhead/run.mjs [options]
 
   --iterations N         exec samples per side, local and remote (default 300)
-  --warmup N             exec warm-up per side (default 30)
+  --warmup N             exec warm-up per side (default 1000: a long-running server's figures)
   --round N              exec samples per side per round (default 30)
   --stream-iterations N  streamed exec samples per side (default 50)
   --workers W            worker processes in the placement phase; 0 skips it (default 20)
@@ -98,7 +98,7 @@ function parseOptions(argv) {
     args: argv,
     options: {
       iterations: { type: 'string', default: '300' },
-      warmup: { type: 'string', default: '30' },
+      warmup: { type: 'string', default: '1000' },
       round: { type: 'string', default: '30' },
       'stream-iterations': { type: 'string', default: '50' },
       workers: { type: 'string' },
@@ -510,7 +510,8 @@ async function measureExec({ cp, worker, ids, opts, budgetMs }) {
   };
   for (const s of Object.values(sides)) s.cpu = cpuMeters(pids);
 
-  // Warm-up, alternating single execs: JIT, both keep-alive connections, the store's pages.
+  // Warm-up, alternating single execs: JIT (it takes ~1000 requests to settle), both keep-alive
+  // connections, the store's pages. Capped by time like every phase.
   const warmDeadline = now() + budgetMs * 0.1;
   await repeat(
     opts.warmup,
