@@ -78,6 +78,22 @@ describe('MockProvider', () => {
       await p.init();
       expect((await lstat(dir)).isDirectory()).toBe(true);
       expect(p.describe()).toEqual({ type: 'mock', base_dir: dir, spawn: 'helper' });
+      // No sandboxes yet: no spawn helper process either, until the first spawn.
+      const helperPid = (): number | undefined =>
+        (p as unknown as { launcher: { helperPid: number | undefined } }).launcher.helperPid;
+      expect(helperPid()).toBeUndefined();
+      const id = newSandboxId();
+      await p.spawn({ sandboxId: id, image: 'x', memoryMb: 64, vcpus: 1, metadata: {}, ports: [] });
+      expect(helperPid()).toBeGreaterThan(0);
+      await p.close();
+      // A new instance finds a sandbox to exec in, and starts its helper at init.
+      const again = new MockProvider({ baseDir: dir });
+      await again.init();
+      expect(
+        (again as unknown as { launcher: { helperPid: number | undefined } }).launcher.helperPid,
+      ).toBeGreaterThan(0);
+      await again.destroy(id);
+      await again.close();
       expect(new MockProvider({ baseDir: dir, spawnHelper: false }).describe()).toMatchObject({
         spawn: 'in-process',
       });

@@ -231,9 +231,12 @@ export class MockProvider implements Provider {
   /** Creates `baseDir` (mode 0700: other host users must not read sandboxes). */
   async init(): Promise<void> {
     await this.ensureBaseDir();
-    this.launcher.warm();
     // Trees left by destroys that a previous process did not finish deleting.
     const entries = await readdir(this.baseDir).catch(() => [] as string[]);
+    // The spawn helper is a process of its own: started here only when there
+    // are sandboxes to exec in already, else by the first spawn. A server
+    // that never uses the mock provider never runs one.
+    if (entries.some(isSandboxId)) this.launcher.warm();
     await Promise.all(
       entries
         .filter((e) => e.startsWith(TRASH_PREFIX))
@@ -265,6 +268,8 @@ export class MockProvider implements Provider {
   async spawn(opts: SpawnOptions): Promise<SpawnResult> {
     throwIfAborted(opts);
     const id = this.checkId(opts.sandboxId);
+    // Ready by the sandbox's first exec (starting it takes tens of ms).
+    this.launcher.warm();
     await this.ensureBaseDir();
     const root = join(this.baseDir, id);
     try {

@@ -46,7 +46,7 @@ export interface ProcessLauncher {
   readonly kind: string;
   /** Throws only for a command that cannot be expressed (a synchronous spawn failure). */
   launch(spec: LaunchSpec, events: LaunchEvents): LaunchedProcess;
-  /** Gets ready ahead of the first launch (the helper starts). */
+  /** Gets ready ahead of the first launch (the helper starts); cheap when already ready. */
   warm(): void;
   close(): Promise<void>;
 }
