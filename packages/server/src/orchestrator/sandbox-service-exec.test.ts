@@ -7,6 +7,7 @@
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
+  lapseLease,
   recordingProxy,
   startServiceRig,
   stacyErrorOf,
@@ -111,10 +112,7 @@ describe('SandboxService exec on the store', () => {
 
   it('takes the lease again when it lapsed, and the worker accepts the new generation', async () => {
     const sb = await r.sandboxes.spawn({}, ctx);
-    const lease = await r.store.leases.get(sb.id);
-    if (lease === undefined) throw new Error('no lease');
-    // Released behind the service's back (e.g. by a sweep).
-    expect(await r.store.leases.release(lease, Date.now())).toBe(true);
+    const lease = await lapseLease(r.store, sb.id);
     r.calls.length = 0;
     r.refs.length = 0;
     expect((await r.sandboxes.exec(sb.id, spec('echo again'), ctx)).stdout).toBe('again\n');

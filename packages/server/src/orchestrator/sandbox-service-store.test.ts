@@ -7,6 +7,7 @@
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
+  lapseLease,
   recordingProxy,
   startServiceRig,
   storeWith,
@@ -257,10 +258,7 @@ describe('SandboxService on the store', () => {
 
   it('destroy takes the lease again when it lapsed, and the worker accepts it', async () => {
     const sb = await r.sandboxes.spawn({}, ctx);
-    const lease = await r.store.leases.get(sb.id);
-    if (lease === undefined) throw new Error('no lease');
-    // Released behind the service's back (e.g. by a sweep).
-    expect(await r.store.leases.release(lease, Date.now())).toBe(true);
+    const lease = await lapseLease(r.store, sb.id);
     r.calls.length = 0;
     await r.sandboxes.destroy(sb.id, ctx);
     expect(r.calls).toContain('leases.acquire');

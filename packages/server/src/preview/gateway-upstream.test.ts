@@ -64,6 +64,12 @@ async function rawUpstream(
 
 const OK = 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok';
 
+/** Answers the first request of every connection; a later one finds the connection closed. */
+function answersFirstRequestOnly(s: Socket, nth: number): void {
+  if (nth === 1) s.write(OK);
+  else s.destroy();
+}
+
 describe('preview gateway and misbehaving upstreams', () => {
   const closers: (() => Promise<void>)[] = [];
   afterEach(async () => {
@@ -112,10 +118,7 @@ describe('preview gateway and misbehaving upstreams', () => {
   it('sends a GET again on a new connection when a reused keep-alive connection was closed', async () => {
     // The first request on each connection is answered; a second one on the same
     // connection finds it closed (the sandbox's idle timeout won the race).
-    const up = await rawUpstream((s, nth) => {
-      if (nth === 1) s.write(OK);
-      else s.destroy();
-    });
+    const up = await rawUpstream(answersFirstRequestOnly);
     const { port, host } = await gatewayTo(up);
     expect((await httpCall(port, host, '/first')).status).toBe(200);
     const second = await httpCall(port, host, '/second');
@@ -126,10 +129,7 @@ describe('preview gateway and misbehaving upstreams', () => {
   });
 
   it('never sends a POST again, even on a reused connection', async () => {
-    const up = await rawUpstream((s, nth) => {
-      if (nth === 1) s.write(OK);
-      else s.destroy();
-    });
+    const up = await rawUpstream(answersFirstRequestOnly);
     const { port, host } = await gatewayTo(up);
     expect((await httpCall(port, host, '/first')).status).toBe(200);
     const r = await httpCall(port, host, '/post', { method: 'POST', body: 'x' });

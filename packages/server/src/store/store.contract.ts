@@ -60,7 +60,8 @@ function template(name: string, over: Partial<TemplateRecord> = {}): TemplateRec
   };
 }
 
-function heartbeat(id: string, over: Partial<WorkerHeartbeat> = {}): WorkerHeartbeat {
+/** A worker heartbeat for tests; `over` replaces any field. */
+export function heartbeat(id: string, over: Partial<WorkerHeartbeat> = {}): WorkerHeartbeat {
   return {
     id,
     hostname: `${id}.example`,

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { expect } from 'vitest';
 import { systemClock } from '../../src/domain/clock.js';
 import { StacyError } from '../../src/domain/errors.js';
+import type { Lease } from '../../src/domain/lease.js';
 import { silentLogger } from '../../src/domain/logger.js';
 import type { Logger } from '../../src/domain/logger.js';
 import { EventBus } from '../../src/orchestrator/events.js';
@@ -42,6 +43,17 @@ export const TEST_LIMITS: SandboxLimits = {
  * Awaits `p`, expects it to reject with a StacyError and returns that error
  * (whatever its code; see provider.contract's expectStacyError for a fixed one).
  */
+/**
+ * Releases a sandbox's lease behind the service's back (as a sweep would) and
+ * returns the lease as it was.
+ */
+export async function lapseLease(store: Store, sandboxId: string): Promise<Lease> {
+  const lease = await store.leases.get(sandboxId);
+  if (lease === undefined) throw new Error(`no lease on ${sandboxId}`);
+  expect(await store.leases.release(lease, Date.now())).toBe(true);
+  return lease;
+}
+
 export async function stacyErrorOf(p: Promise<unknown>): Promise<StacyError> {
   const err: unknown = await p.then(
     () => undefined,

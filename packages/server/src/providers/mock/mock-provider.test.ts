@@ -10,7 +10,13 @@ import { StacyError } from '../../domain/errors.js';
 import { newSandboxId } from '../../domain/sandbox.js';
 import { describeProviderContract, expectStacyError, readAll, spec } from '../provider.contract.js';
 import { providerCapabilities } from '../provider.js';
+import type { SpawnOptions } from '../provider.js';
 import { MockProvider } from './mock-provider.js';
+
+/** What a test sandbox is spawned with (the mock records but ignores image and sizes). */
+function spawnOptions(sandboxId: string, ports: number[] = []): SpawnOptions {
+  return { sandboxId, image: 'ignored', memoryMb: 64, vcpus: 1, metadata: {}, ports };
+}
 
 // Commands start from the spawn helper by default; the in-process launcher
 // (providers.mock.spawn_helper: false) must keep the same contract.
@@ -55,14 +61,7 @@ describe('MockProvider', () => {
     p: MockProvider = provider,
   ): Promise<void> {
     const id = newSandboxId();
-    await p.spawn({
-      sandboxId: id,
-      image: 'ignored',
-      memoryMb: 64,
-      vcpus: 1,
-      metadata: {},
-      ports: [],
-    });
+    await p.spawn(spawnOptions(id));
     try {
       await fn(id, join(baseDir, id));
     } finally {
@@ -83,7 +82,7 @@ describe('MockProvider', () => {
         (p as unknown as { launcher: { helperPid: number | undefined } }).launcher.helperPid;
       expect(helperPid()).toBeUndefined();
       const id = newSandboxId();
-      await p.spawn({ sandboxId: id, image: 'x', memoryMb: 64, vcpus: 1, metadata: {}, ports: [] });
+      await p.spawn(spawnOptions(id));
       expect(helperPid()).toBeGreaterThan(0);
       await p.close();
       // A new instance finds a sandbox to exec in, and starts its helper at init.
@@ -121,14 +120,7 @@ describe('MockProvider', () => {
     it('reaches any sandbox port on the host loopback, and refuses gone sandboxes and bad ports', async () => {
       expect(providerCapabilities(provider)).toContain('preview');
       const id = newSandboxId();
-      await provider.spawn({
-        sandboxId: id,
-        image: 'ignored',
-        memoryMb: 64,
-        vcpus: 1,
-        metadata: {},
-        ports: [3000],
-      });
+      await provider.spawn(spawnOptions(id, [3000]));
       // The host is the sandbox: undeclared ports are just as reachable.
       expect(await provider.previewUpstream(id, 3000)).toEqual({ host: '127.0.0.1', port: 3000 });
       expect(await provider.previewUpstream(id, 5173)).toEqual({ host: '127.0.0.1', port: 5173 });
@@ -150,14 +142,7 @@ describe('MockProvider', () => {
         '',
       ]) {
         await expectStacyError(
-          provider.spawn({
-            sandboxId: bad,
-            image: 'x',
-            memoryMb: 1,
-            vcpus: 1,
-            metadata: {},
-            ports: [],
-          }),
+          provider.spawn(spawnOptions(bad)),
           'BAD_REQUEST',
           /not a sandbox id/,
         );
@@ -170,17 +155,7 @@ describe('MockProvider', () => {
 
     it('refuses to spawn an id that already exists with CONFLICT', async () => {
       await withSandbox(async (id) => {
-        await expectStacyError(
-          provider.spawn({
-            sandboxId: id,
-            image: 'x',
-            memoryMb: 1,
-            vcpus: 1,
-            metadata: {},
-            ports: [],
-          }),
-          'CONFLICT',
-        );
+        await expectStacyError(provider.spawn(spawnOptions(id)), 'CONFLICT');
       });
     });
 
@@ -196,14 +171,7 @@ describe('MockProvider', () => {
 
     it('keeps sandboxes visible to a new instance on the same base directory', async () => {
       const id = newSandboxId();
-      await provider.spawn({
-        sandboxId: id,
-        image: 'x',
-        memoryMb: 1,
-        vcpus: 1,
-        metadata: {},
-        ports: [],
-      });
+      await provider.spawn(spawnOptions(id));
       await provider.writeFile(id, '/workspace/kept.txt', Buffer.from('kept'), 0o644);
       await mkdir(join(baseDir, 'not-a-sandbox'));
       await mkdir(join(baseDir, 'sb-zzzzzzzz'));
@@ -275,14 +243,7 @@ describe('MockProvider', () => {
         }, p);
         // A line still queued when the sandbox goes does not bring its log back.
         const gone = newSandboxId();
-        await p.spawn({
-          sandboxId: gone,
-          image: 'x',
-          memoryMb: 1,
-          vcpus: 1,
-          metadata: {},
-          ports: [],
-        });
+        await p.spawn(spawnOptions(gone));
         await p.exec(gone, spec('true'));
         await p.destroy(gone);
         await nextTurn();
@@ -430,14 +391,7 @@ describe('MockProvider', () => {
       const late = join(outside, 'destroy-late.txt');
       const bgLate = join(outside, 'destroy-bg-late.txt');
       const id = newSandboxId();
-      await provider.spawn({
-        sandboxId: id,
-        image: 'x',
-        memoryMb: 1,
-        vcpus: 1,
-        metadata: {},
-        ports: [],
-      });
+      await provider.spawn(spawnOptions(id));
       try {
         await provider.exec(
           id,
@@ -805,14 +759,7 @@ describe('MockProvider teardown', () => {
     try {
       const p = new MockProvider({ baseDir });
       await p.init();
-      await p.spawn({
-        sandboxId: 'sb-0000abcd',
-        image: 'x',
-        memoryMb: 1,
-        vcpus: 1,
-        metadata: {},
-        ports: [],
-      });
+      await p.spawn(spawnOptions('sb-0000abcd'));
       await p.writeFile('sb-0000abcd', '/workspace/a.txt', Buffer.from('a'), 0o644);
       await p.destroy('sb-0000abcd');
       expect(await p.listRuntimes()).toEqual([]);

@@ -257,8 +257,6 @@ class HelperConnection {
     this.dispatch(type, id, payload),
   );
   private stderrTail = '';
-  /** No new launches: the helper failed, exited or is being closed. */
-  private dead = false;
   /** Set once the helper is gone and every pending command has been told. */
   private finished = false;
   private readonly done: Promise<void>;
@@ -287,7 +285,6 @@ class HelperConnection {
     this.child.once('error', (err) => this.finish(`could not run ${nodePath}: ${err.message}`));
     const sock = this.child.stdio?.[3];
     if (this.child.stdin === null || this.child.stderr === null || sock == null) {
-      this.dead = true;
       throw new StacyError(
         'INTERNAL_ERROR',
         `could not start the mock provider's spawn helper (${nodePath}): no pipes`,
@@ -310,6 +307,11 @@ class HelperConnection {
       this.finish(this.problem ?? status);
     });
     this.setReferenced(false);
+  }
+
+  /** No new launches: the helper failed, exited or is being closed. */
+  private get dead(): boolean {
+    return this.finished || this.closing || this.problem !== undefined;
   }
 
   get pid(): number | undefined {
@@ -339,7 +341,6 @@ class HelperConnection {
   close(): Promise<void> {
     if (!this.finished && !this.closing) {
       this.closing = true;
-      this.dead = true;
       this.onDead(this);
       // Held until the helper is gone: an idle helper is unreferenced, and a
       // shutdown must not end the process while it waits for this.
@@ -378,7 +379,6 @@ class HelperConnection {
   /** The helper breaks the protocol: it is killed, and 'close' reports this. */
   private broken(why: string): void {
     this.problem ??= why;
-    this.dead = true;
     this.onDead(this);
     this.child.kill('SIGKILL');
   }
@@ -453,7 +453,6 @@ class HelperConnection {
   private finish(why: string): void {
     if (this.finished) return;
     this.finished = true;
-    this.dead = true;
     this.onDead(this);
     this.sock?.destroy();
     const tail = this.stderrTail.trim();

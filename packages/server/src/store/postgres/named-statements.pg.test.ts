@@ -3,6 +3,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
 import type { TestDatabase } from '../../../test/support/pg-cluster.js';
 import { createTestDatabase, withAdmin } from '../../../test/support/pg-cluster.js';
+import { heartbeat } from '../store.contract.js';
 import { statementName } from './named-statements.js';
 import { createPostgresStore, preparingPool } from './open-postgres.js';
 
@@ -146,17 +147,7 @@ describe.skipIf(adminDsn === '')(
       try {
         await store.migrate();
         const now = Date.now();
-        await store.workers.upsertHeartbeat(
-          {
-            id: 'w1',
-            hostname: 'h',
-            status: 'online',
-            providers: [],
-            capabilities: [],
-            capacity: {},
-          },
-          now,
-        );
+        await store.workers.upsertHeartbeat(heartbeat('w1', { hostname: 'h' }), now);
         expect((await store.workers.list()).map((w) => w.id)).toEqual(['w1']);
         await withAdmin(other.dsn, (c) => c.query('alter table workers add column future text'));
         // `select *` now has another column: still answered, and mapped as before.
